@@ -1,0 +1,139 @@
+"""What every self-supervised method shares: config pieces, the train step, checkpoints.
+
+A method is three things (STYLE.md): a **view sampler** (pure numpy: decoded clips + RNG ->
+fixed-shape batch dict, run on CPU Ray Data workers), a **model** (``nn.Module``) and a
+**loss**. A method file subclasses :class:`Method` and adds only its own parts:
+
+    class COLA(Method):
+        name = "cola"
+        config_cls = COLAConfig
+        @staticmethod
+        def sample_views(cfg, clips, rng) -> dict[str, np.ndarray]: ...
+        def loss(self, batch, dist) -> tuple[Tensor, dict[str, float]]: ...
+        def embed_frames(self, wave) -> tuple[Tensor, Tensor]: ...
+        embedding_dim (property)
+
+The batch size of a sampled batch is ``len(clips)``; the training loop hands each worker
+``cfg.batch_size // world_size`` clips (see :func:`per_worker_batch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tympan.config import build, check, to_dict
+from tympan.datasets.clip import Clip
+from tympan.methods.dist import Dist
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9            # sgd only
+    grad_clip: float = 0.0           # max global grad norm; 0 = off
+
+    def __post_init__(self):
+        check(self.lr > 0, "lr", self.lr, "must be positive")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(self.grad_clip >= 0, "grad_clip", self.grad_clip, "must be >= 0")
+
+
+def per_worker_batch(global_batch: int, world_size: int) -> int:
+    """Global batch -> per-worker batch; the one place this division happens."""
+    check(global_batch % world_size == 0, "batch_size", global_batch,
+          f"not divisible by the number of workers ({world_size})")
+    return global_batch // world_size
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``name``, ``config_cls`` and implement the abstract parts."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+
+    def __init__(self, cfg: Any):
+        super().__init__()
+        self.cfg = cfg
+
+    # ---- data side: pure numpy, runs in CPU workers --------------------------------------
+    @staticmethod
+    def sample_views(cfg: Any, clips: Sequence[Clip], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Decoded clips -> the method's fixed-shape batch (B = len(clips))."""
+        raise NotImplementedError
+
+    # ---- model side ----------------------------------------------------------------------
+    def loss(self, batch: dict[str, Tensor], dist: Dist) -> tuple[Tensor, dict[str, float]]:
+        """Batch of tensors -> (scalar loss, extra float metrics)."""
+        raise NotImplementedError
+
+    @property
+    def embedding_dim(self) -> int:
+        raise NotImplementedError
+
+    def embed_frames(self, wave: Tensor) -> tuple[Tensor, Tensor]:
+        """Waveform ``[B, n]`` at ``sample_rate`` -> (embeddings ``[B, T', D]``, centre times
+        in ms ``[B, T']``). Used by ``tympan embed``, the linear probes and the HEAR module."""
+        raise NotImplementedError
+
+    def embed_clip(self, wave: Tensor) -> Tensor:
+        """Waveform ``[B, n]`` -> clip (scene) embedding ``[B, D]``; default: mean over time."""
+        emb, _ = self.embed_frames(wave)
+        return emb.mean(dim=1)
+
+    @property
+    def sample_rate(self) -> int:
+        return 16000
+
+    # ---- shared training machinery --------------------------------------------------------
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        o: OptimConfig = self.cfg.optim
+        params = [p for p in self.parameters() if p.requires_grad]
+        if o.name == "adam":
+            return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        if o.name == "adamw":
+            return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+    def to_tensors(self, batch: dict[str, np.ndarray], device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(self, batch: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+                   dist: Dist = Dist()) -> dict[str, float]:
+        """One optimisation step; returns ``{"loss": ..., "grad_norm": ..., **method metrics}``."""
+        self.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss, metrics = self.loss(batch, dist)
+        loss.backward()
+        clip = self.cfg.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.parameters(), clip if clip > 0 else float("inf"))
+        optimizer.step()
+        # .item() is a device sync point; one per step is the price of logging the loss.
+        return {"loss": float(loss.detach().item()), "grad_norm": float(grad_norm), **metrics}
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        """Everything evaluation needs: name, config, weights (loads with weights_only=True)."""
+        return {"method": self.name, "config": to_dict(self.cfg),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+
+    def save(self, path: str | Path) -> None:
+        torch.save(self.payload(), str(path))
+
+
+def config_from_dict(cls: type, data: dict[str, Any]):
+    """Rebuild a (nested) config dataclass saved with :func:`tympan.config.to_dict`."""
+    return build(cls, data)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install tympan with its pinned dependencies (requirements.lock).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-debian-deps.sh
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade "pip>=23.2" 2>&1 | grep -v "is ignored" || true
+# torch first, from the exact pins: a later resolver pass must not pick another build.
+.venv/bin/python -m pip install -q -c requirements.lock torch==2.14.1 torchaudio==2.11.0 torchvision==0.29.1 \
+  2>&1 | grep -v "is ignored" || true
+# strict editable mode: the namespace subpackages (datasets/, methods/, ...) resolve only so.
+.venv/bin/python -m pip install -q -c requirements.lock -e ".[test]" --config-settings editable_mode=strict \
+  2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c "import tympan.datasets.frontend, tympan.methods.base, torch, torchaudio, ray" \
+  || { echo "setup failed: tympan does not import; see pip output above" >&2; exit 1; }

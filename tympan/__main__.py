@@ -1,0 +1,5 @@
+import sys
+
+from tympan.cli import main
+
+sys.exit(main())

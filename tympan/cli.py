@@ -1,0 +1,128 @@
+"""The ``tympan`` command line. Every command is a thin function over library code; a command
+whose implementation has not been built yet says so on one line and exits non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from tympan.config import ConfigError
+
+EXIT_NOT_BUILT = 3
+
+
+class NotBuilt(Exception):
+    """Raised by a command whose implementation belongs to a later issue."""
+
+
+def _not_built(what: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise NotBuilt(f"tympan {what}: not built yet")
+    return run
+
+
+# ---- command implementations (each imports its layer lazily so --help stays fast) --------
+
+def _cmd_data_ingest(args: argparse.Namespace) -> int:
+    return _not_built("data ingest")(args)
+
+
+def _cmd_data_shard(args: argparse.Namespace) -> int:
+    return _not_built("data shard")(args)
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    return _not_built("data inspect")(args)
+
+
+def _cmd_data_offline(args: argparse.Namespace) -> int:
+    return _not_built("data offline")(args)
+
+
+# ---- parser ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tympan",
+        description="Self-supervised audio pretraining on Ray: data, pretraining, evaluation, studies.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="the main job on embedded defaults: corpus, pretrain, evaluate")
+    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    demo.set_defaults(func=_not_built("demo"))
+
+    data = sub.add_parser("data", help="corpora: ingest, shard, inspect, build the offline corpora")
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    ing = dsub.add_parser("ingest", help="a corpus in its own format -> clip manifest (Parquet)")
+    ing.add_argument("format", choices=["audioset", "esc50", "speechcommands", "nsynth", "vggsound",
+                                        "hear", "folder"])
+    ing.add_argument("src", help="corpus directory or URI prefix")
+    ing.add_argument("--out", required=True, help="manifest path (.parquet)")
+    ing.add_argument("--media", default=None, help="media root (audioset/vggsound); default: SRC")
+    ing.set_defaults(func=_cmd_data_ingest)
+
+    sh = dsub.add_parser("shard", help="manifest -> WebDataset tar shards (16 kHz FLAC) on Ray")
+    sh.add_argument("manifest")
+    sh.add_argument("--out", required=True, help="directory or s3:// prefix")
+    sh.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256)")
+    sh.add_argument("--frames-per-second", type=float, default=1.0,
+                    help="JPEG frames kept per second of video (default 1)")
+    sh.add_argument("--address", default=None, help="Ray address (default: embedded / RAY_ADDRESS)")
+    sh.set_defaults(func=_cmd_data_shard)
+
+    ins = dsub.add_parser("inspect", help="counts, hours, labels and rejects of a shard set")
+    ins.add_argument("uri")
+    ins.set_defaults(func=_cmd_data_inspect)
+
+    off = dsub.add_parser("offline", help="build the offline real-audio corpora and tasks")
+    off.add_argument("--out", required=True)
+    off.add_argument("--scale", choices=["small", "full"], default="small")
+    off.add_argument("--seed", type=int, default=0)
+    off.set_defaults(func=_cmd_data_offline)
+
+    pre = sub.add_parser("pretrain", help="Ray Train pretraining of one method")
+    pre.add_argument("--method", required=True)
+    pre.add_argument("--data", required=True, help="shard directory / s3:// prefix")
+    pre.add_argument("--config", default=None, help="YAML config file")
+    pre.add_argument("--resume", action="store_true")
+    pre.add_argument("overrides", nargs="*", help="key=value config overrides")
+    pre.set_defaults(func=_not_built("pretrain"))
+
+    emb = sub.add_parser("embed", help="batch embedding export with Ray Data")
+    emb.add_argument("--checkpoint", required=True)
+    emb.add_argument("--data", required=True)
+    emb.add_argument("--out", required=True)
+    emb.set_defaults(func=_not_built("embed"))
+
+    ev = sub.add_parser("evaluate", help="linear probes on downstream tasks, with baselines")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--tasks", required=True)
+    ev.set_defaults(func=_not_built("evaluate"))
+
+    tune = sub.add_parser("tune", help="Ray Tune studies")
+    tsub = tune.add_subparsers(dest="tune_command", metavar="STUDY", required=True)
+    l3d = tsub.add_parser("l3-design", help="the 'Look, listen and learn more' design study")
+    l3d.set_defaults(func=_not_built("tune l3-design"))
+
+    bench = sub.add_parser("bench", help="benchmarks written to docs/benchmarks.md")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    bsub.add_parser("data", help="data pipeline throughput").set_defaults(func=_not_built("bench data"))
+    bsub.add_parser("train", help="training throughput").set_defaults(func=_not_built("bench train"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NotBuilt as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_NOT_BUILT
+    except ConfigError as e:
+        print(f"tympan: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
