@@ -1,4 +1,6 @@
 # Two commands: `make demo` and `make test`. Both create .venv on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV := .venv
 STAMP := $(VENV)/.stamp-setup
 PYTEST_ARGS ?=
@@ -12,7 +14,7 @@ $(STAMP): pyproject.toml requirements.lock scripts/setup.sh scripts/install-debi
 # The strict editable install links files, so new modules need a (quick, offline) relink.
 setup: $(STAMP)
 	@bash scripts/install-debian-deps.sh
-	@$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict 2>&1 | grep -v "is ignored" || true
+	@$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict 2>&1 | { grep -v "is ignored" || true; }
 
 demo: setup
 	$(VENV)/bin/tympan demo
