@@ -53,8 +53,11 @@ def s3_bucket(s3_server):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster for the whole session (2 CPUs, as on CI machines)."""
+def ray_cluster(s3_server):
+    """One local Ray cluster for the whole session (2 CPUs, as on CI machines).
+
+    It depends on ``s3_server`` so that the AWS_* environment (endpoint override) exists
+    before Ray starts: workers inherit the environment they were started with."""
     import ray
 
     if not ray.is_initialized():

@@ -25,19 +25,72 @@ def _not_built(what: str) -> Callable[[argparse.Namespace], int]:
 # ---- command implementations (each imports its layer lazily so --help stays fast) --------
 
 def _cmd_data_ingest(args: argparse.Namespace) -> int:
-    return _not_built("data ingest")(args)
+    from tympan.datasets.formats import MetadataError, ingest
+    from tympan.datasets.storage import StorageError
+
+    options = {}
+    if args.template:
+        if args.format not in ("audioset", "vggsound"):
+            print(f"tympan data ingest: --template applies to audioset/vggsound, not {args.format}",
+                  file=sys.stderr)
+            return 2
+        options["templates"] = args.template
+    if args.full_videos:
+        if args.format != "audioset":
+            print("tympan data ingest: --full-videos applies to audioset only", file=sys.stderr)
+            return 2
+        options["full_videos"] = True
+    try:
+        report = ingest(args.format, args.src, args.out, media=args.media, **options)
+    except (MetadataError, StorageError) as e:
+        print(f"tympan data ingest: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
 
 
 def _cmd_data_shard(args: argparse.Namespace) -> int:
-    return _not_built("data shard")(args)
+    from tympan.datasets.manifest import ManifestError
+    from tympan.datasets.storage import StorageError
+    from tympan.distributed.sharding import format_summary, shard_manifest
+
+    try:
+        summary = shard_manifest(args.manifest, args.out, shard_size=args.shard_size,
+                                 frames_per_second=args.frames_per_second,
+                                 min_duration_s=args.min_duration, address=args.address)
+    except (ManifestError, StorageError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        print(f"tympan data shard: {e}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
 
 
 def _cmd_data_inspect(args: argparse.Namespace) -> int:
-    return _not_built("data inspect")(args)
+    from tympan.datasets.storage import StorageError
+    from tympan.distributed.sharding import format_inspection, inspect_shards
+
+    try:
+        info = inspect_shards(args.uri)
+    except (StorageError, FileNotFoundError) as e:
+        print(f"tympan data inspect: {e}", file=sys.stderr)
+        return 1
+    print(format_inspection(info))
+    return 0
 
 
 def _cmd_data_offline(args: argparse.Namespace) -> int:
     return _not_built("data offline")(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tympan.config import build
+    from tympan.demo import DemoConfig, run_demo
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    run_demo(build(DemoConfig, {}, overrides))
+    return 0
 
 
 # ---- parser ------------------------------------------------------------------------------
@@ -49,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="the main job on embedded defaults: corpus, pretrain, evaluate")
-    demo.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    demo.set_defaults(func=_not_built("demo"))
+    demo.add_argument("--out", default=None, help="run directory (default: runs/demo)")
+    demo.add_argument("overrides", nargs="*",
+                      help="key=value overrides of the demo config (method, steps, batch_size, scale, seed, tasks)")
+    demo.set_defaults(func=_cmd_demo)
 
     data = sub.add_parser("data", help="corpora: ingest, shard, inspect, build the offline corpora")
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
@@ -59,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "hear", "folder"])
     ing.add_argument("src", help="corpus directory or URI prefix")
     ing.add_argument("--out", required=True, help="manifest path (.parquet)")
-    ing.add_argument("--media", default=None, help="media root (audioset/vggsound); default: SRC")
+    ing.add_argument("--media", default=None, help="media root; default: SRC (esc50, nsynth: SRC/audio)")
+    ing.add_argument("--template", action="append", default=None, metavar="T",
+                     help="media file-name template, repeatable, e.g. 'Y{ytid}.{ext}' "
+                          "(audioset/vggsound; fields ytid, start, end, start_int, end_int, "
+                          "start_ms, end_ms, start_06); default: the common layouts")
+    ing.add_argument("--full-videos", action="store_true",
+                     help="audioset media are whole videos: cut the segment window")
     ing.set_defaults(func=_cmd_data_ingest)
 
     sh = dsub.add_parser("shard", help="manifest -> WebDataset tar shards (16 kHz FLAC) on Ray")
@@ -68,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256)")
     sh.add_argument("--frames-per-second", type=float, default=1.0,
                     help="JPEG frames kept per second of video (default 1)")
+    sh.add_argument("--min-duration", type=float, default=0.1,
+                    help="clips shorter than this many seconds are rejected (default 0.1)")
     sh.add_argument("--address", default=None, help="Ray address (default: embedded / RAY_ADDRESS)")
     sh.set_defaults(func=_cmd_data_shard)
 

@@ -1,0 +1,78 @@
+"""Corpus formats -> clip manifest: the registry of ingesters and :func:`ingest`.
+
+Each ingester is a prepare function ``(src, media=None, **options) -> (rows, IngestReport)``
+(lhotse style: one function per corpus, returning manifest rows built with
+:func:`tympan.datasets.manifest.make_row`). ``ingest`` runs one and writes the manifest; for
+formats whose media the user downloads (audioset, vggsound) it also writes the clip ids whose
+media was not found next to the manifest (``M.missing_media.txt``), since missing YouTube media
+is normal and must stay visible.
+
+    from tympan.datasets.formats import ingest
+    report = ingest("esc50", "/data/ESC-50-master", "esc50.parquet")
+    print(report.summary())
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+
+from tympan.datasets import storage
+from tympan.datasets.format_audioset import ingest_audioset, ingest_vggsound
+from tympan.datasets.format_common import IngestReport, MetadataError, norm_root
+from tympan.datasets.format_corpora import (ingest_esc50, ingest_folder, ingest_hear,
+                                            ingest_nsynth, ingest_speechcommands)
+from tympan.datasets.manifest import to_table, write_manifest
+
+__all__ = ["INGESTERS", "IngestReport", "MetadataError", "ingest", "missing_list_uri"]
+
+Ingester = Callable[..., "tuple[list[dict[str, Any]], IngestReport]"]
+INGESTERS: dict[str, Ingester] = {
+    "audioset": ingest_audioset,
+    "esc50": ingest_esc50,
+    "speechcommands": ingest_speechcommands,
+    "nsynth": ingest_nsynth,
+    "vggsound": ingest_vggsound,
+    "hear": ingest_hear,
+    "folder": ingest_folder,
+}
+# Formats whose media are fetched by the user from YouTube: list what is missing.
+_LIST_MISSING = ("audioset", "vggsound")
+
+
+def missing_list_uri(out: str) -> str:
+    """``M.parquet -> M.missing_media.txt`` (same folder or prefix)."""
+    return f"{out.removesuffix('.parquet')}.missing_media.txt"
+
+
+def _write_rows(rows: list[dict[str, Any]], out: str) -> None:
+    if storage.is_local(out):
+        write_manifest(rows, storage.local_path(out))
+        return
+    buf = io.BytesIO()
+    pq.write_table(to_table(rows), buf)         # validates like write_manifest
+    storage.write_bytes_atomic(out, buf.getvalue())
+
+
+def ingest(fmt: str, src: str, out: str, media: str | None = None, **options: Any) -> IngestReport:
+    """Run the ``fmt`` ingester on ``src`` and write the manifest to ``out`` (path or URI).
+
+    Raises KeyError for an unknown format and :class:`MetadataError` (naming file and line) for
+    malformed metadata; nothing is written then.
+    """
+    if fmt not in INGESTERS:
+        raise KeyError(f"unknown corpus format {fmt!r}; known: {sorted(INGESTERS)}")
+    src, out = norm_root(str(src)), str(out)
+    media = norm_root(str(media)) if media else None
+    rows, report = INGESTERS[fmt](src, media, **options)
+    if not rows:
+        raise MetadataError(src, 0, f"no clips found ({len(report.missing_media)} without media)")
+    _write_rows(rows, out)
+    report.manifest = out
+    if fmt in _LIST_MISSING:
+        report.missing_list = missing_list_uri(out)
+        text = "".join(f"{c}\n" for c in report.missing_media)
+        storage.write_bytes_atomic(report.missing_list, text.encode())
+    return report
