@@ -139,6 +139,8 @@ def _check_window(source: Source, start_s: float | None, end_s: float | None) ->
 # One resampler per rate pair and process: building the sinc kernel costs more than applying
 # it (~2.5x a whole 10 s clip at 44.1 kHz), and ingestion sees few distinct rates.
 _RESAMPLERS: dict[tuple[int, int], torchaudio.transforms.Resample] = {}
+# Above this many phases (rate / gcd) the sinc kernel table gets too big; see resample().
+_MAX_SINC_PHASES = 1000
 
 
 def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
@@ -146,6 +148,15 @@ def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     resampler (default lowpass_filter_width 6, rolloff 0.99); ceil(n * new / orig) samples."""
     if orig_rate == new_rate:
         return x
+    g = math.gcd(orig_rate, new_rate)
+    if max(orig_rate, new_rate) // g > _MAX_SINC_PHASES:
+        # Nearly coprime rates (e.g. 22254 -> 16000 Hz, gcd 2): torchaudio's kernel has one
+        # row per output phase (8000 x ~100 taps here, GBs of intermediate memory on a long
+        # clip). A polyphase FIR evaluates only the phases it needs; same output length.
+        from scipy.signal import resample_poly
+
+        return resample_poly(np.asarray(x, dtype=np.float32), new_rate // g, orig_rate // g,
+                             axis=-1).astype(np.float32, copy=False)
     r = _RESAMPLERS.get((orig_rate, new_rate))
     if r is None:
         r = _RESAMPLERS[(orig_rate, new_rate)] = torchaudio.transforms.Resample(orig_rate, new_rate)
