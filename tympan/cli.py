@@ -81,7 +81,16 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_offline(args: argparse.Namespace) -> int:
-    return _not_built("data offline")(args)
+    from tympan.datasets.offline import build_offline
+    from tympan.datasets.offline_debian import DebianSourceError
+    try:
+        report = build_offline(args.out, scale=args.scale, seed=args.seed, cache_dir=args.cache,
+                               table_path=args.table)
+    except DebianSourceError as e:
+        print(f"tympan data offline: {e}", file=sys.stderr)
+        return 2
+    print(f"tasks: {len(report['tasks'])}, table: {args.out}/tasks.md, report: {args.out}/report.json")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -142,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     off.add_argument("--out", required=True)
     off.add_argument("--scale", choices=["small", "full"], default="small")
     off.add_argument("--seed", type=int, default=0)
+    off.add_argument("--cache", default=None,
+                     help="Debian download/convert cache (default ~/.cache/tympan/debian or $TYMPAN_DEBIAN_CACHE)")
+    off.add_argument("--table", default=None,
+                     help="also write the generated task table here (e.g. docs/offline_tasks.md)")
     off.set_defaults(func=_cmd_data_offline)
 
     pre = sub.add_parser("pretrain", help="Ray Train pretraining of one method")
