@@ -137,3 +137,56 @@ def config_from_dict(cls: type, data: dict[str, Any]):
 
 def replace(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
+
+
+# ---- shared view-sampling and embedding helpers ----------------------------------------------
+# Short-clip rule used by every sampler: a clip shorter than the span a view needs is
+# loop-padded (repeated from its start) up to that span; an empty clip becomes silence. So
+# samplers always return fixed shapes and never crash; the data layer counts/drops clips that
+# fail to decode before they get here.
+
+def loop_pad(wave: np.ndarray, n: int) -> np.ndarray:
+    """``wave`` [m] -> [max(m, n)], repeating it from its start when m < n (zeros if m == 0)."""
+    m = len(wave)
+    if m >= n:
+        return wave
+    if m == 0:
+        return np.zeros(n, dtype=np.float32)
+    return np.tile(wave, -(-n // m))[:n]
+
+
+def random_start(rng: np.random.Generator, length: int, span: int) -> int:
+    """Uniform start in [0, length - span] (0 when the clip is not longer than the span)."""
+    return int(rng.integers(0, length - span + 1)) if length > span else 0
+
+
+def crop(wave: np.ndarray, start: int, n: int) -> np.ndarray:
+    """``n`` samples from ``start`` (loop-padded when the clip runs out)."""
+    return loop_pad(wave, start + n)[start:start + n]
+
+
+def logmel(frontend_cfg: Any, waves: np.ndarray) -> np.ndarray:
+    """Front end on stacked crops ``[..., n]`` -> float32 ``[..., T, F]`` (crop first, then the
+    front end: cheaper than featurising the whole clip)."""
+    from tympan.datasets.frontend import frontend_numpy
+
+    return frontend_numpy(frontend_cfg, np.asarray(waves, dtype=np.float32)).astype(np.float32)
+
+
+def window_embed(features: Tensor, encode, win: int, hop: int,
+                 frames_per_second: float) -> tuple[Tensor, Tensor]:
+    """Sliding-window embeddings for the slice encoders.
+
+    ``features`` [B, T, F] -> windows of ``win`` frames every ``hop`` frames (the features are
+    loop-padded along time when T < win) -> ``encode([B*T', win, F]) -> [B*T', D]`` ->
+    (embeddings [B, T', D], window-centre times in ms [B, T'])."""
+    b, t, _ = features.shape
+    if t < win:
+        reps = -(-win // t)
+        features = features.repeat(1, reps, 1)[:, :win]
+        t = win
+    windows = features.unfold(1, win, hop).transpose(2, 3)     # [B, T', win, F]
+    n_win = windows.shape[1]
+    emb = encode(windows.reshape(b * n_win, win, -1)).view(b, n_win, -1)
+    centres = (torch.arange(n_win, dtype=torch.float32) * hop + (win - 1) / 2) / frames_per_second
+    return emb, (centres * 1000.0).unsqueeze(0).expand(b, -1).to(emb.device)

@@ -1,0 +1,197 @@
+"""Audio-text triplet: word audio and its spelling meet in one embedding space.
+
+Bengio & Heigold, "Word Embeddings for Speech Recognition", Interspeech 2014. An acoustic
+CNN embeds a spoken word; a second network embeds the word's spelling from its bag of letter
+n-grams (with word-boundary markers); training ranks the right word above a wrong one:
+"max(0, m - s(a, w+) + s(a, w-))" (triplet ranking loss). Scores here are cosine similarities.
+
+* audio side: tympan's :class:`~tympan.methods.encoders.ConvEncoder2d` on a log-mel crop;
+* word side: letter n-grams n = 1..3 of ``"#" + word + "#"`` (spaces are boundaries too),
+  hashed (CRC-32) into ``vocab_size`` count buckets, then an MLP;
+* wrong words: the sampler draws one per clip from another clip of the local batch with a
+  different transcript (Bengio & Heigold's one wrong word per example); with
+  ``batch_negatives`` every differently-spelled word of the **global** batch (gathered from
+  all workers with gradients) is a wrong word too, and each anchor averages its hinges.
+
+Needs ``clip.meta["transcript"]`` (the spoken-word corpus has it); a clip without one is an
+error naming it.
+
+Batch (B = len(clips); V = vocab_size)::
+
+    {"audio":      float32 [B, T, F]   # log-mel of a crop_s crop (loop-padded if shorter)
+     "word":       float32 [B, V]      # letter n-gram counts of the clip's transcript
+     "wrong_word": float32 [B, V]}     # ... of a different word
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tympan.config import check
+from tympan.datasets.clip import Clip
+from tympan.datasets.frontend import Frontend, FrontendConfig, frontend_numpy
+from tympan.methods.base import Method, OptimConfig
+from tympan.methods.dist import Dist
+from tympan.methods.encoders import ConvEncoder2d
+from tympan.methods.l3 import crop_at, sliding_windows
+from tympan.methods.losses import ranking_triplet
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def letter_ngrams(word: str, n_max: int = 3) -> list[str]:
+    """Letter n-grams (n = 1..n_max) of ``#word#``; spaces become boundary markers."""
+    s = "#" + "#".join(word.lower().split()) + "#"
+    return [s[i:i + n] for n in range(1, n_max + 1) for i in range(len(s) - n + 1)]
+
+
+def ngram_vector(word: str, vocab_size: int, n_max: int = 3) -> np.ndarray:
+    """Hashed letter n-gram counts: float32 ``[vocab_size]`` (CRC-32: stable across runs)."""
+    v = np.zeros(vocab_size, dtype=np.float32)
+    for g in letter_ngrams(word, n_max):
+        v[zlib.crc32(g.encode("utf-8")) % vocab_size] += 1.0
+    return v
+
+
+def audio_text_ranking(audio: Tensor, word: Tensor, wrong: Tensor, word_counts: Tensor,
+                       margin: float, *, gather: Callable[[Tensor], Tensor] | None = None,
+                       batch_negatives: bool = True) -> Tensor:
+    """Triplet ranking loss on cosine scores; mean over the local anchors.
+
+    ``audio``, ``word``, ``wrong`` ``[B, D]`` embeddings (row i of ``word`` is clip i's own
+    word); ``word_counts`` ``[B, V]`` the n-gram inputs, used only to tell which pool words
+    are spelled differently. Anchor i's hinges: its sampled wrong word and, with
+    ``batch_negatives``, every pool word (global batch via ``gather``) spelled differently
+    from its own; the anchor's loss is their mean. Averaging the per-rank losses gives the
+    loss of the concatenated batch (as :mod:`tympan.methods.losses`)."""
+    a, w, wn = (F.normalize(x, dim=-1) for x in (audio, word, wrong))
+    s_pos = (a * w).sum(-1)                                        # [B]
+    s_wrong = (a * wn).sum(-1)                                     # [B]
+    if not batch_negatives:
+        return ranking_triplet(s_pos, s_wrong, margin)
+    pool = w if gather is None else gather(w)                      # [N, D]
+    counts = word_counts if gather is None else gather(word_counts)   # [N, V]
+    wc = word_counts.float()
+    d2 = (wc.pow(2).sum(1, keepdim=True) + counts.float().pow(2).sum(1)[None, :]
+          - 2.0 * wc @ counts.float().T)                           # [B, N] squared distances
+    differ = (d2 > 0.5).to(a.dtype)                                # counts are integers
+    hinge_pool = F.relu(margin - s_pos[:, None] + a @ pool.T) * differ   # [B, N]
+    hinge_wrong = F.relu(margin - s_pos + s_wrong)                 # [B]
+    return ((hinge_wrong + hinge_pool.sum(1)) / (1.0 + differ.sum(1))).mean()
+
+
+@dataclass
+class AudioTextConfig:
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)   # log-mel 64
+    crop_s: float = 1.0               # keyword clips (Speech Commands) are 1 s
+    width: float = 1.0                # ConvEncoder2d channel multiplier
+    embed_dim: int = 128              # joint audio/word space (unverified)
+    vocab_size: int = 16384           # hash buckets for letter n-grams
+    ngram_max: int = 3                # Bengio & Heigold: letter n-grams up to 3
+    word_hidden: int = 256
+    margin: float = 0.5               # on cosine scores (unverified)
+    batch_negatives: bool = True
+    embed_hop_s: float = 0.25
+    batch_size: int = 64
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+
+    def __post_init__(self):
+        check(self.crop_s > 0, "crop_s", self.crop_s, "must be positive")
+        check(self.embed_dim > 0, "embed_dim", self.embed_dim, "must be positive")
+        check(self.vocab_size >= 16, "vocab_size", self.vocab_size, "must be >= 16")
+        check(self.ngram_max >= 1, "ngram_max", self.ngram_max, "must be >= 1")
+        check(self.word_hidden > 0, "word_hidden", self.word_hidden, "must be positive")
+        check(self.margin > 0, "margin", self.margin, "must be positive")
+        check(self.embed_hop_s > 0, "embed_hop_s", self.embed_hop_s, "must be positive")
+        check(self.batch_size >= 2, "batch_size", self.batch_size, "must be >= 2 (wrong words)")
+
+    @property
+    def crop_samples(self) -> int:
+        return int(round(self.crop_s * self.frontend.sample_rate))
+
+
+def _transcript(clip: Clip) -> str:
+    t = clip.meta.get("transcript")
+    if not isinstance(t, str) or not t.strip():
+        raise ValueError(f"audio-text: clip {clip.clip_id!r} has no meta['transcript'] "
+                         f"(got {t!r}); the method needs word transcripts")
+    return " ".join(t.lower().split())
+
+
+def sample_audio_text_views(cfg: AudioTextConfig, clips: Sequence[Clip],
+                            rng: np.random.Generator) -> dict[str, np.ndarray]:
+    words = [_transcript(c) for c in clips]
+    n = cfg.crop_samples
+    crops = np.empty((len(clips), n), dtype=np.float32)
+    wrong = []
+    for i, clip in enumerate(clips):
+        audio = np.asarray(clip.audio, dtype=np.float32)
+        crops[i] = crop_at(audio, int(rng.integers(max(len(audio) - n, 0) + 1)), n)
+        others = [w for w in words if w != words[i]]
+        if others:
+            wrong.append(others[int(rng.integers(len(others)))])
+        else:   # the whole batch says one word: a random letter string stands in
+            fake = words[i]
+            while fake == words[i]:
+                fake = "".join(rng.choice(list(_LETTERS), size=max(2, len(words[i]))))
+            wrong.append(fake)
+    vec = lambda w: ngram_vector(w, cfg.vocab_size, cfg.ngram_max)    # noqa: E731
+    return {"audio": frontend_numpy(cfg.frontend, crops),              # [B, T, F]
+            "word": np.stack([vec(w) for w in words]),                 # [B, V]
+            "wrong_word": np.stack([vec(w) for w in wrong])}           # [B, V]
+
+
+class AudioText(Method):
+    name = "audio-text"
+    config_cls = AudioTextConfig
+    sample_views = staticmethod(sample_audio_text_views)
+
+    def __init__(self, cfg: AudioTextConfig = AudioTextConfig()):
+        super().__init__(cfg)
+        self.frontend = Frontend(cfg.frontend)
+        self.audio_encoder = ConvEncoder2d(dim=cfg.embed_dim, width=cfg.width)
+        self.word_encoder = nn.Sequential(
+            nn.Linear(cfg.vocab_size, cfg.word_hidden), nn.ReLU(inplace=True),
+            nn.Linear(cfg.word_hidden, cfg.embed_dim))
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    def embed_word(self, word: str) -> Tensor:
+        """A spelling -> its ``[embed_dim]`` vector in the joint space (for word look-ups)."""
+        v = torch.from_numpy(ngram_vector(word, self.cfg.vocab_size, self.cfg.ngram_max))
+        return self.word_encoder(v.to(next(self.parameters()).device)[None])[0]
+
+    def loss(self, batch: dict[str, Tensor], dist: Dist = Dist()) -> tuple[Tensor, dict[str, float]]:
+        audio = self.audio_encoder(batch["audio"].float())             # [B, D]
+        word, wrong = batch["word"].float(), batch["wrong_word"].float()
+        w_emb = self.word_encoder(torch.cat([word, wrong]))            # [2B, D]
+        w_pos, w_neg = w_emb.split(word.shape[0])
+        gather = dist.gather if dist.world_size > 1 else None
+        loss = audio_text_ranking(audio, w_pos, w_neg, word, self.cfg.margin, gather=gather,
+                                  batch_negatives=self.cfg.batch_negatives)
+        with torch.no_grad():
+            a, p, n = (F.normalize(x, dim=-1) for x in (audio, w_pos, w_neg))
+            acc = ((a * p).sum(-1) > (a * n).sum(-1)).float().mean()
+        return loss, {"rank_accuracy": float(acc)}
+
+    @torch.no_grad()
+    def embed_frames(self, wave: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
+        """``[B, n]`` -> (audio embeddings of crop_s windows every embed_hop_s ``[B, W, D]``,
+        centre times ms ``[B, W]``)."""
+        win = self.cfg.crop_samples
+        hop = max(1, int(round(self.cfg.embed_hop_s * self.cfg.frontend.sample_rate)))
+        windows, times = sliding_windows(wave.float(), win, hop, self.cfg.frontend.sample_rate)
+        b, w = windows.shape[:2]
+        flat = windows.reshape(b * w, win)
+        out = torch.cat([self.audio_encoder(self.frontend(flat[i:i + chunk]))
+                         for i in range(0, b * w, chunk)])
+        return out.reshape(b, w, -1), times.expand(b, w)

@@ -1,0 +1,141 @@
+"""Losses shared by the self-supervised methods: small pure functions + thin module wrappers.
+
+No function reads a config. The ones with negatives take the local batch and an optional
+``gather`` callable (``Dist.gather``: all-gather with gradients, rank order) plus the rank:
+each rank scores its own rows against the *global* pool of candidates, and the target of
+local row i is global row ``rank * B + i``. With ``gather=None`` (or world size 1) they are
+the plain single-process losses. Averaging the per-rank losses (and, as DDP does, the
+per-rank gradients) gives exactly the loss and gradient of the concatenated batch.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Gather = Callable[[Tensor], Tensor]
+
+
+def _global(x: Tensor, gather: Gather | None, rank: int) -> tuple[Tensor, Tensor]:
+    """(global pool [N, ...], global index of each local row [B])."""
+    pool = x if gather is None else gather(x)
+    offset = 0 if gather is None else rank * x.shape[0]
+    return pool, torch.arange(x.shape[0], device=x.device) + offset
+
+
+def bilinear_contrastive(a: Tensor, b: Tensor, W: Tensor, *, gather: Gather | None = None,
+                         rank: int = 0) -> Tensor:
+    """COLA loss (Saeed, Grangier, Zeghidour, ICASSP 2021, arXiv 2010.10915, Eq. 1-2).
+
+    "s(x, x') = g(f(x))^T W g(f(x'))" between anchors ``a`` [B, D] and positives ``b``
+    [B, D]; softmax cross-entropy where the positive of anchor i is b_i and the other
+    clips' positives of the (global) batch are the negatives. ``W`` [D, D]. Returns the
+    mean over local anchors (scalar).
+    """
+    pool, target = _global(b, gather, rank)
+    logits = (a @ W) @ pool.T                                # [B, N]
+    return F.cross_entropy(logits, target)
+
+
+def cosine_contrastive(a: Tensor, b: Tensor, temperature: float, *,
+                       gather: Gather | None = None, rank: int = 0) -> Tensor:
+    """COLA's cosine variant (Saeed et al. 2021, Sec. 4.3: "cosine similarity with
+    temperature 0.2"): the same cross-entropy over cos(a_i, b_j) / temperature."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    pool, target = _global(b, gather, rank)
+    return F.cross_entropy(a @ pool.T / temperature, target)
+
+
+def triplet_margin(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
+    """Triplet margin loss on L2-normalised embeddings (Jansen et al. 2018, arXiv 1711.02209,
+    Eq. 1; TRILL, Shor et al. 2020, arXiv 2002.12764):
+
+        mean over triplets of max(0, |a - p|^2 - |a - n|^2 + margin)
+
+    with squared Euclidean distances between unit vectors (= 2 - 2 cos, in [0, 4]).
+    ``anchor``, ``positive`` [B, D]; ``negative`` [B, D] (one per anchor) or [B, K, D]
+    (K negatives per anchor, every triplet weighted equally).
+    """
+    a, p, n = (F.normalize(x, dim=-1) for x in (anchor, positive, negative))
+    d_pos = (a - p).pow(2).sum(-1)                           # [B]
+    if n.dim() == 3:
+        d_neg = (a.unsqueeze(1) - n).pow(2).sum(-1)          # [B, K]
+        d_pos = d_pos.unsqueeze(1)
+    else:
+        d_neg = (a - n).pow(2).sum(-1)                       # [B]
+    return F.relu(d_pos - d_neg + margin).mean()
+
+
+def batch_triplet(anchor: Tensor, positive: Tensor, margin: float, *,
+                  gather: Gather | None = None, rank: int = 0,
+                  mining: str = "all") -> Tensor:
+    """Triplet loss whose negatives are the other clips' positives of the global batch.
+
+    ``anchor``, ``positive`` [B, D] (row i of both from clip i). For local anchor i (global
+    row g) the negatives are pool rows j != g. ``mining="all"``: every such triplet counts
+    (mean over B x (N - 1)); ``"hardest"``: only the nearest negative of each anchor
+    (FaceNet-style batch-hard). Needs N >= 2.
+    """
+    pool, rows = _global(positive, gather, rank)
+    n = pool.shape[0]
+    if n < 2:
+        raise ValueError("batch_triplet needs at least 2 clips in the global batch for negatives")
+    # Candidates j != g for each local row: indices [B, N - 1], in increasing order of j.
+    cols = torch.arange(n - 1, device=anchor.device).unsqueeze(0).expand(rows.shape[0], -1)
+    cols = cols + (cols >= rows.unsqueeze(1)).long()
+    negatives = pool[cols]                                   # [B, N-1, D]
+    if mining == "hardest":
+        a, neg = F.normalize(anchor, dim=-1), F.normalize(negatives, dim=-1)
+        nearest = (a.unsqueeze(1) - neg).pow(2).sum(-1).argmin(dim=1)      # [B]
+        negatives = negatives[torch.arange(negatives.shape[0], device=anchor.device), nearest]
+    elif mining != "all":
+        raise ValueError(f"mining must be 'all' or 'hardest', got {mining!r}")
+    return triplet_margin(anchor, positive, negatives, margin)
+
+
+def ranking_triplet(score_pos: Tensor, score_neg: Tensor, margin: float) -> Tensor:
+    """Triplet ranking hinge on scores (Bengio & Heigold 2014, "Word embeddings for speech
+    recognition", Sec. 3): mean of max(0, margin - s(audio, word) + s(audio, wrong word)).
+    ``score_pos`` [B], ``score_neg`` [B] or [B, K]."""
+    if score_neg.dim() == score_pos.dim() + 1:
+        score_pos = score_pos.unsqueeze(-1)
+    return F.relu(margin - score_pos + score_neg).mean()
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean squared error, optionally over the entries where ``mask`` (broadcastable to
+    ``pred``, bool or 0/1) is set: Audio2Vec's reconstruction loss (Tagliasacchi et al. 2020)
+    and Audio Word2Vec's over padded sequences (Chung et al. 2016). An empty mask gives 0."""
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    err = (pred - target).pow(2)
+    if mask is None:
+        return err.mean()
+    m = mask.to(err.dtype).expand_as(err)
+    return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+class BilinearContrastive(nn.Module):
+    """COLA's bilinear similarity as a module: holds ``W`` [dim, dim], initialised
+    N(0, 0.05^2) as google-research/cola's ``BilinearProduct`` ("random_normal")."""
+
+    def __init__(self, dim: int, init_std: float = 0.05):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(dim, dim) * init_std)
+
+    def forward(self, a: Tensor, b: Tensor, *, gather: Gather | None = None, rank: int = 0) -> Tensor:
+        return bilinear_contrastive(a, b, self.W, gather=gather, rank=rank)
+
+
+class CosineContrastive(nn.Module):
+    def __init__(self, temperature: float = 0.2):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, a: Tensor, b: Tensor, *, gather: Gather | None = None, rank: int = 0) -> Tensor:
+        return cosine_contrastive(a, b, self.temperature, gather=gather, rank=rank)

@@ -1,0 +1,140 @@
+"""Triplet loss with temporal proximity (Jansen, Plakal, Pandya, Ellis, Hershey, Liu, Moore,
+Saurous, "Unsupervised learning of semantic audio representations", ICASSP 2018,
+arXiv 1711.02209; TRILL, Shor et al., Interspeech 2020, arXiv 2002.12764).
+
+Jansen et al. sample triplets whose positive is "a patch within a time window tau of the
+anchor in the same clip" and whose negative comes from a different clip; they also build
+triplets from explicit augmentations: Gaussian noise, time/frequency translation and mixing
+with another example. TRILL trains exactly the temporal-proximity variant. Here every clip
+gives an (anchor, positive) pair; the negatives of an anchor are the positives of the other
+clips of the **global** batch (gathered across workers with gradients,
+``losses.batch_triplet``). Embeddings are L2-normalised (``losses.triplet_margin``).
+
+Batch contract, float32:
+    {"anchor":   [B, T, F],     # one slice per clip
+     "positive": [B, T, F]}     # a slice starting within tau_s of the anchor, same clip,
+                                # with the optional Jansen augmentations applied
+with T = slice_frames, F = frontend.n_features.
+
+Defaults: margin 0.1 on unit vectors (ANCHORS §2, unverified); 128-d embeddings (Jansen;
+TRILL uses 512); tau_s = 1.0 (unverified); augmentations off (TRILL) and enabled by
+probabilities. Short clips are loop-padded (base.loop_pad), so a clip shorter than the
+anchor-positive span yields a looped positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tympan.config import check
+from tympan.datasets.clip import Clip
+from tympan.datasets.frontend import Frontend, FrontendConfig
+from tympan.methods.base import Method, OptimConfig, crop, logmel, random_start, window_embed
+from tympan.methods.dist import Dist
+from tympan.methods.encoders import AUDIO2VEC_CHANNELS, ConvEncoder2d
+from tympan.methods.losses import batch_triplet
+
+
+@dataclass
+class TripletConfig:
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
+    batch_size: int = 256
+    slice_frames: int = 96
+    tau_s: float = 1.0                 # positive starts within tau of the anchor start
+    margin: float = 0.1
+    mining: Literal["all", "hardest"] = "all"
+    dim: int = 128
+    channels: tuple[int, ...] = AUDIO2VEC_CHANNELS
+    width: float = 1.0
+    embed_hop_frames: int = 48
+    # Jansen et al. 2018 augmentations of the positive, each applied with this probability.
+    p_noise: float = 0.0               # add Gaussian noise at a random SNR in [snr_db_min, 30] dB
+    snr_db_min: float = 5.0
+    p_shift: float = 0.0               # roll the positive's log-mel by up to max_shift_* steps
+    max_shift_frames: int = 8
+    max_shift_bins: int = 4
+    p_mix: float = 0.0                 # mix in another clip of the batch at mix_gain x amplitude
+    mix_gain: float = 0.3
+
+    def __post_init__(self):
+        for key in ("batch_size", "dim", "embed_hop_frames"):
+            check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        check(self.slice_frames >= 4, "slice_frames", self.slice_frames, "must be >= 4")
+        check(self.tau_s >= 0, "tau_s", self.tau_s, "must be >= 0")
+        check(self.margin >= 0, "margin", self.margin, "must be >= 0")
+        check(self.width > 0, "width", self.width, "must be positive")
+        for key in ("p_noise", "p_shift", "p_mix"):
+            v = getattr(self, key)
+            check(0.0 <= v <= 1.0, key, v, "must be a probability in [0, 1]")
+        check(self.max_shift_frames >= 0 and self.max_shift_bins >= 0, "max_shift_frames",
+              (self.max_shift_frames, self.max_shift_bins), "shifts must be >= 0")
+        check(0.0 <= self.mix_gain <= 1.0, "mix_gain", self.mix_gain, "must be in [0, 1]")
+
+
+def sample_triplets(cfg: TripletConfig, clips: Sequence[Clip], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Anchor + temporally close positive per clip (contract in the module docstring)."""
+    fe = cfg.frontend
+    slice_len, tau = fe.n_samples(cfg.slice_frames), int(round(cfg.tau_s * fe.sample_rate))
+    b = len(clips)
+    # Augmentations draw from their own stream, so switching them on does not move the crops.
+    aug_rng = np.random.default_rng(int(rng.integers(2**63)))
+    waves = np.empty((b, 2, slice_len), dtype=np.float32)
+    for i, clip in enumerate(clips):
+        span = slice_len + tau                      # anchor and positive both inside it
+        region = crop(clip.audio, random_start(rng, len(clip.audio), span), span)
+        offsets = [0, int(rng.integers(0, tau + 1))]
+        if rng.random() < 0.5:                      # either may come first
+            offsets.reverse()
+        for k, off in enumerate(offsets):
+            waves[i, k] = region[off:off + slice_len]
+        pos = waves[i, 1]
+        if b > 1 and aug_rng.random() < cfg.p_mix:  # Jansen "mixing": positive + another clip
+            j = int(aug_rng.choice([k for k in range(b) if k != i]))
+            other = clips[j].audio
+            pos += cfg.mix_gain * crop(other, random_start(aug_rng, len(other), slice_len), slice_len)
+        if aug_rng.random() < cfg.p_noise:
+            snr_db = aug_rng.uniform(cfg.snr_db_min, 30.0)
+            power = float(np.mean(pos ** 2)) + 1e-12
+            pos += aug_rng.normal(0.0, np.sqrt(power / 10 ** (snr_db / 10)), slice_len).astype(np.float32)
+    feats = logmel(fe, waves)                                        # [B, 2, T, F]
+    for i in range(b):
+        if aug_rng.random() < cfg.p_shift:          # Jansen "time/frequency translation"
+            dt = int(aug_rng.integers(-cfg.max_shift_frames, cfg.max_shift_frames + 1))
+            df = int(aug_rng.integers(-cfg.max_shift_bins, cfg.max_shift_bins + 1))
+            feats[i, 1] = np.roll(feats[i, 1], (dt, df), axis=(0, 1))
+    return {"anchor": np.ascontiguousarray(feats[:, 0]),
+            "positive": np.ascontiguousarray(feats[:, 1])}
+
+
+class Triplet(Method):
+    name = "triplet"
+    config_cls = TripletConfig
+    sample_views = staticmethod(sample_triplets)
+
+    def __init__(self, cfg: TripletConfig | None = None):
+        cfg = cfg if cfg is not None else TripletConfig()
+        super().__init__(cfg)
+        self.frontend = Frontend(cfg.frontend)
+        self.encoder = ConvEncoder2d(cfg.dim, cfg.channels, cfg.width)
+
+    def loss(self, batch: dict[str, Tensor], dist: Dist = Dist()) -> tuple[Tensor, dict[str, float]]:
+        b = batch["anchor"].shape[0]
+        z = self.encoder(torch.cat([batch["anchor"], batch["positive"]], dim=0))   # [2B, D]
+        gather = dist.gather if dist.world_size > 1 else None
+        loss = batch_triplet(z[:b], z[b:], self.cfg.margin, gather=gather, rank=dist.rank,
+                             mining=self.cfg.mining)
+        return loss, {}
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.cfg.dim
+
+    def embed_frames(self, wave: Tensor) -> tuple[Tensor, Tensor]:
+        return window_embed(self.frontend(wave), self.encoder, self.cfg.slice_frames,
+                            self.cfg.embed_hop_frames, self.cfg.frontend.frames_per_second)

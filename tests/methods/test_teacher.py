@@ -1,0 +1,173 @@
+"""SoundNet-style distillation and its teacher recipe: train a small image teacher on synthetic
+frames, load it both ways (TorchScript; arch + state dict), distil it into the waveform student
+(loss falls, linear probe beats random init), and checkpoint the student without the teacher."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tympan.config import ConfigError, build
+from tympan.datasets.synthetic import synthetic_clips
+from tympan.methods.base import OptimConfig
+from tympan.methods.registry import build_method, load_method
+from tympan.methods.soundnet import (SoundNet, SoundNetConfig, kl_teacher_student, min_samples,
+                                     soundnet_lengths)
+from tympan.methods.teacher import (TeacherConfig, build_arch, load_teacher, train_teacher)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_methods_b import train_and_compare, waves  # noqa: E402
+
+N_CLASSES = 8
+ARCH = "timm:resnet10t"            # small timm ResNet; the recipe's default is resnet18
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Two BLAS threads on two shared cores thrash; one is several times faster here.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _frames(n: int, seed: int):
+    clips = synthetic_clips(n, n_classes=N_CLASSES, with_frames=True, duration_s=1.0,
+                            frame_size=32, seed=seed)
+    return np.stack([c.frames[0] for c in clips]), [c.labels[0] for c in clips]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    images, labels = _frames(64, seed=10)
+    out = tmp_path_factory.mktemp("teacher") / "teacher"
+    return train_teacher(images, labels, out_path=out, arch=ARCH, epochs=8, image_size=32,
+                         batch_size=16, lr=3e-3)
+
+
+def test_teacher_recipe_learns_and_loads_both_ways(teacher):
+    assert teacher.torchscript.is_file() and teacher.state_dict.is_file() and teacher.meta.is_file()
+    assert teacher.classes == [f"class{c}" for c in range(N_CLASSES)]
+    images, labels = _frames(32, seed=11)                            # held-out pictures
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    scripted = load_teacher(TeacherConfig(path=str(teacher.torchscript), image_size=32), N_CLASSES)
+    by_arch = load_teacher(TeacherConfig(arch=ARCH, weights=str(teacher.state_dict), image_size=32),
+                           N_CLASSES)
+    with torch.no_grad():
+        a, b = scripted(x), by_arch(x)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    acc = float((a.argmax(1) == torch.tensor([teacher.classes.index(l) for l in labels])).float().mean())
+    assert acc >= 0.9, acc
+    assert not any(p.requires_grad for p in by_arch.parameters())
+
+
+def test_teacher_recipe_from_folder_and_csv(tmp_path):
+    from PIL import Image
+
+    images, labels = _frames(8, seed=12)
+    rows = []
+    for i, (img, label) in enumerate(zip(images, labels)):
+        (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "imgs" / label / f"{i}.jpg")
+        rows.append({"file": f"{label}/{i}.jpg", "label": label})
+    (tmp_path / "imgs" / labels[0] / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        res = train_teacher(tmp_path / "imgs", out_path=tmp_path / "t1", arch=ARCH, epochs=1, image_size=32)
+    assert res.classes == sorted(set(labels))
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["file", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    res = train_teacher(tmp_path / "imgs", tmp_path / "labels.csv", out_path=tmp_path / "t2",
+                        arch="torchvision:resnet18", epochs=1, image_size=32)
+    assert res.torchscript.is_file() and len(res.classes) == len(set(labels))
+    with pytest.raises(ValueError, match="2 images but 1 labels"):
+        train_teacher(images[:2], labels[:1], out_path=tmp_path / "t3")
+
+
+def test_teacher_errors_name_the_problem(tmp_path, teacher):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_teacher(TeacherConfig(path=str(tmp_path / "missing.pt")), 8)
+    with pytest.raises(ValueError, match="n_classes=5"):
+        load_teacher(TeacherConfig(path=str(teacher.torchscript), image_size=32), 5)
+    with pytest.raises(ConfigError, match="teacher.weights"):
+        build(SoundNetConfig, {"teacher": {"arch": "timm:resnet18"}})
+    with pytest.raises(ConfigError, match="teacher.arch"):
+        build(SoundNetConfig, {"teacher": {"arch": "keras:vgg", "weights": "w.pt"}})
+    with pytest.raises(ConfigError, match="'path'.*not both"):
+        TeacherConfig(path="a.pt", arch="timm:resnet18", weights="w.pt")
+    model = SoundNet(SoundNetConfig(n_classes=8, crop_s=0.5))
+    batch = {"wave": torch.zeros(2, 8000), "frame": torch.zeros(2, 3, 224, 224)}
+    with pytest.raises(ValueError, match="no teacher configured"):
+        model.loss(batch)
+    assert build_arch("torchvision:resnet18", 3).eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_kl_matches_reference_and_closed_forms():
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    ref = 0.0
+    for i in range(5):
+        p, q = F.softmax(t[i] / 2.0, 0), F.softmax(s[i], 0)
+        ref += sum(float(p[c] * (math.log(p[c]) - math.log(q[c]))) for c in range(7))
+    assert math.isclose(float(kl_teacher_student(t, s, 2.0)), ref / 5, rel_tol=1e-5)
+    assert float(kl_teacher_student(t, t)) == pytest.approx(0.0, abs=1e-6)     # student == teacher
+    # Uniform teacher: KL = -log C - mean_c log q_c.
+    q = F.log_softmax(s, 1)
+    assert float(kl_teacher_student(torch.zeros(5, 7), s)) == pytest.approx(
+        float((-math.log(7) - q.mean(1)).mean()), rel=1e-5)
+
+
+def test_soundnet_sampler_and_shapes():
+    cfg = SoundNetConfig(n_classes=N_CLASSES, crop_s=0.5, teacher=TeacherConfig(image_size=32))
+    clips = synthetic_clips(3, with_frames=True, duration_s=2.0, frame_size=32)
+    for c in clips:
+        c.frames[:] = 128
+    batch = SoundNet.sample_views(cfg, clips + synthetic_clips(1, with_frames=True, duration_s=0.1,
+                                                                frame_size=32), np.random.default_rng(0))
+    assert batch["wave"].shape == (4, 8000) and batch["frame"].shape == (4, 3, 32, 32)
+    np.testing.assert_allclose(batch["frame"][0, 0], (128 / 255 - 0.485) / 0.229, rtol=1e-5)
+    clips[1].frames = None
+    with pytest.raises(ValueError, match="synthetic-0-000001"):
+        SoundNet.sample_views(cfg, clips, np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="crop_s"):
+        SoundNetConfig(crop_s=0.1)
+    # Full-size student (Aytar et al. Table 1) on a 5 s crop.
+    full = build_method("soundnet").eval()
+    assert soundnet_lengths(80000) == [5000, 312, 157, 79, 10, 6, 4] and min_samples() == 4574
+    with torch.no_grad():
+        feats, logits = full(torch.zeros(2, 80000))
+        emb, times = full.embed_frames(torch.zeros(1, 100))          # loop-padded
+    assert feats.shape == (2, 256, 10) and logits.shape == (2, 1000)
+    assert emb.shape == (1, 1, 256) and times.shape == (1, 1)
+
+
+def test_soundnet_distils_teacher_and_checkpoints_student_only(teacher, tmp_path):
+    cfg = SoundNetConfig(n_classes=N_CLASSES, crop_s=0.5, width=0.25, batch_size=16,
+                         teacher=TeacherConfig(path=str(teacher.torchscript), image_size=32),
+                         optim=OptimConfig(lr=3e-3))
+    pool = synthetic_clips(64, n_classes=N_CLASSES, with_frames=True, duration_s=1.0,
+                           frame_size=32, seed=0)
+    train = synthetic_clips(48, n_classes=N_CLASSES, duration_s=1.0, seed=1)
+    test = synthetic_clips(48, n_classes=N_CLASSES, duration_s=1.0, seed=2)
+    losses, acc, acc0 = train_and_compare(SoundNet, cfg, pool, train, test, steps=250)
+    assert losses[-20:].mean() < 0.6 * losses[:20].mean(), (losses[:20].mean(), losses[-20:].mean())
+    assert acc > acc0, (acc, acc0)
+    # The checkpoint holds the student only; loading needs no teacher file.
+    model = SoundNet(cfg)
+    payload = model.payload()
+    assert not any("teacher" in k for k in payload["state_dict"])
+    payload["config"]["teacher"]["path"] = str(tmp_path / "gone.pt")
+    torch.save(payload, tmp_path / "ckpt.pt")
+    loaded = load_method(tmp_path / "ckpt.pt")
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.embed_clip(waves(test[:3])), loaded.embed_clip(waves(test[:3])))
