@@ -83,7 +83,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(key, value, f"expected {len(args)} items")
-            return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
         items = [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
         return tuple(items) if (origin is tuple or tp is tuple) else items

@@ -108,3 +108,19 @@ def test_yaml_file_errors(tmp_path):
     assert e.value.key == "optim.learning_rate"
     with pytest.raises(ConfigError, match="key=value"):
         build(RunConfig, {}, ["steps"])
+
+
+def test_fixed_length_tuple_coerces_each_item_to_its_own_type():
+    from dataclasses import dataclass
+
+    from tympan.config import ConfigError, build
+
+    @dataclass
+    class Pair:
+        pair: tuple[int, str] = (1, "a")
+
+    assert build(Pair, {}, ["pair=[3, b]"]).pair == (3, "b")
+    with pytest.raises(ConfigError, match=r"pair\[0\]"):
+        build(Pair, {"pair": ["x", "b"]})
+    with pytest.raises(ConfigError, match="expected 2 items"):
+        build(Pair, {"pair": [1, "b", 3]})
