@@ -50,7 +50,7 @@ def _accuracy(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
 def linear_probe(train_x: np.ndarray, train_y: Sequence[str], test_x: np.ndarray,
                  test_y: Sequence[str], valid_x: np.ndarray | None = None,
                  valid_y: Sequence[str] | None = None, *, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2),
-                 max_iter: int = 200) -> ProbeResult:
+                 max_iter: int = 100) -> ProbeResult:
     """Fit on train, pick L2 on valid (if given, else the middle of the grid), score on test.
 
     ``*_x``: ``[N, D]`` embeddings; ``*_y``: string labels. Test labels unseen in training

@@ -97,8 +97,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from tympan.config import build
     from tympan.demo import DemoConfig, run_demo
 
+    from tympan.methods.registry import UnknownMethodError
+
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
-    run_demo(build(DemoConfig, {}, overrides))
+    try:
+        run_demo(build(DemoConfig, {}, overrides))
+    except UnknownMethodError as e:
+        print(f"tympan demo: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
