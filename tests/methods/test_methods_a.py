@@ -1,6 +1,7 @@
 """Audio2Vec (CBoW, SkipGram), TemporalGap, Triplet, COLA: samplers, full-size shapes, learning
-on synthetic clips (loss falls; a linear probe beats the same architecture at random init) and
-the checkpoint round trip.
+on synthetic clips (loss falls; a linear probe beats the same architecture at random init, or,
+where that does not hold yet, at random init with BatchNorm statistics: see MUST_BEAT_RANDOM)
+and the checkpoint round trip.
 
 Training uses narrow widths and short slices: the same code path as the full-size models,
 which are built (not trained) in ``test_full_size_default``.
@@ -37,11 +38,20 @@ SMALL = {
 }
 STEPS = {"audio2vec-cbow": 150, "audio2vec-skipgram": 150, "temporal-gap": 300, "triplet": 150,
          "cola": 200}
-# Methods whose probe must beat the same network at random init within this test's budget.
-# The others (reconstruction: Audio2Vec; EfficientNet: COLA) need far more steps than the
-# ~40 s budget allows before they overtake the strong random-conv-feature baseline on these
-# classes; for them the test checks the loss falls and the probe stays well above chance.
+# Methods whose probe must beat the same network at random init (weights *and* BatchNorm
+# buffers as initialised, so BN is the identity in eval mode) within this test's budget.
+# Audio2Vec CBoW / SkipGram and COLA do not (measured, seeds 0 and 1: CBoW 0.78 / 0.70 vs
+# 0.81 / 0.84, SkipGram 0.71 / 0.77 vs 0.81 / 0.84, COLA 0.51 / 0.54 vs 0.81 / 0.75); see
+# docs/methods.md "What the tests show" for what was tried. Even these two pass at init seed
+# 0 only: at seed 1 temporal-gap 0.81 and triplet 0.83 vs random 0.84.
 MUST_BEAT_RANDOM = {"temporal-gap", "triplet"}
+# A second, weaker baseline: the random-init network with its BatchNorm statistics estimated
+# on the training clips (no gradient step), i.e. the function the architecture computes at
+# init once it normalises. It separates the classes much worse than the un-normalised random
+# network (0.71 / 0.67 at init seeds 0 / 1; COLA's EfficientNet 0.30 / 0.37). Methods listed
+# here beat it at both seeds by > 0.1 (COLA 0.51 / 0.54); Audio2Vec does not reliably (CBoW
+# 0.78 / 0.70, only 0.02 above at seed 1; SkipGram 0.71 / 0.77, a tie at seed 0), so is not.
+MUST_BEAT_RANDOM_WITH_BN_STATS = {"temporal-gap", "triplet", "cola"}
 # The slice/crop span each sampler emits, per (full-size) default config.
 SPAN = {"audio2vec-cbow": 96, "audio2vec-skipgram": 96, "temporal-gap": 96, "triplet": 96, "cola": 96}
 
@@ -65,6 +75,21 @@ def data():
     return {"train": synthetic_clips(96, seed=1, duration_s=4.0),
             "probe_train": synthetic_clips(128, seed=7, duration_s=2.0),
             "probe_test": synthetic_clips(128, seed=8, duration_s=2.0)}
+
+
+def random_init_with_bn_stats(model, clips) -> None:
+    """Estimate ``model``'s BatchNorm running statistics on ``clips`` (cumulative average over
+    their sliding windows, as ``embed_clip`` feeds them), without any gradient step."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms, "this baseline only makes sense for networks with BatchNorm"
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                    # None = cumulative average over the batches seen
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(clips), 16):
+            model.embed_clip(torch.from_numpy(np.stack([c.audio for c in clips[i:i + 16]])))
+    model.eval()
 
 
 def probe_accuracy(model, data) -> float:
@@ -91,6 +116,9 @@ def test_learns_on_synthetic_clips(name, data):
     model = cls(cfg)
     random_init = cls(cfg)
     random_init.load_state_dict(model.state_dict())           # same architecture and init
+    random_bn = cls(cfg)
+    random_bn.load_state_dict(model.state_dict())
+    random_init_with_bn_stats(random_bn, data["train"][:32])
     opt = model.configure_optimizer()
     rng = np.random.default_rng(0)
     losses = []
@@ -103,11 +131,15 @@ def test_learns_on_synthetic_clips(name, data):
     first, last = np.mean(losses[:20]), np.mean(losses[-20:])
     assert last < 0.8 * first, f"{name}: loss {first:.4f} -> {last:.4f}"
     trained, baseline = probe_accuracy(model, data), probe_accuracy(random_init, data)
-    print(f"{name}: loss {first:.4f} -> {last:.4f}; probe {trained:.3f} vs random init {baseline:.3f}")
+    baseline_bn = probe_accuracy(random_bn, data)
+    print(f"{name}: loss {first:.4f} -> {last:.4f}; probe {trained:.3f} vs random init "
+          f"{baseline:.3f} (with BN statistics {baseline_bn:.3f})")
+    assert trained >= 0.4, f"{name}: probe {trained:.3f} (chance 0.25)"
     if name in MUST_BEAT_RANDOM:
         assert trained > baseline, f"{name}: probe {trained:.3f} vs random init {baseline:.3f}"
-    else:
-        assert trained >= 0.4, f"{name}: probe {trained:.3f} (chance 0.25)"
+    if name in MUST_BEAT_RANDOM_WITH_BN_STATS:
+        assert trained > baseline_bn + 0.05, \
+            f"{name}: probe {trained:.3f} vs random init with BN statistics {baseline_bn:.3f}"
 
 
 @pytest.mark.parametrize("name", NAMES)
