@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tympan.datasets.offline_synth_mix import fit_length
+
 SR = 16000
 
 
@@ -62,15 +64,8 @@ def chain_to(rng: np.random.Generator, pieces: Sequence[np.ndarray], n: int,
     return out, used
 
 
-def crop_to(rng: np.random.Generator, x: np.ndarray, n: int) -> np.ndarray:
-    """A random ``n``-sample window of ``x``, or ``x`` at a random offset in silence."""
-    if x.size >= n:
-        s = int(rng.integers(0, x.size - n + 1))
-        return x[s:s + n].astype(np.float32)
-    out = np.zeros(n, dtype=np.float32)
-    s = int(rng.integers(0, n - x.size + 1))
-    out[s:s + x.size] = x
-    return out
+# A random n-sample window of x, or x at a random offset in silence (one implementation).
+crop_to = fit_length
 
 
 def add_event(rng: np.random.Generator, bed: np.ndarray, event: np.ndarray, snr_db: float) -> np.ndarray:

@@ -158,17 +158,22 @@ def test_l3_loss_matches_reference():
 
 
 def test_l3_learns_correspondence(tmp_path):
-    """L3 trains: the loss falls and its correspondence accuracy rises above chance (0.5).
-    Not shown here (see docs/methods_b.md): generalisation to new clips and a probe above
-    random init - on 2 CPU cores L3 sits on its plateau (loss ln 2) for the first few hundred
-    steps on a large pool, and random conv features separate the synthetic timbres well; the
-    probe is only checked above chance."""
+    """L3 trains: the loss falls, its correspondence accuracy rises above chance (0.5), and
+    its audio tower's clip embedding separates 8 held-out classes at least as well as the same
+    architecture at random initialisation (norms calibrated on the data, see calibrate_norms).
+
+    Setup (why): lr 2e-3, not l3embedding's 1e-5 (tuned for millions of pairs); at 3e-3 one of
+    seeds 0-3 stayed on the ln 2 plateau for good. 96 + 96 probe clips (one clip = 1 %, half
+    the noise of 48). Measured on seeds 0-4 (docs/methods_b.md): trained >= random in every
+    run, strictly better in most but not all (one tie), so ">=" is asserted; the test runs
+    seed 0 (0.75 vs 0.55 when measured)."""
     pool = synthetic_clips(64, n_classes=8, with_frames=True, duration_s=2.0, frame_size=32, seed=0)
-    train = synthetic_clips(48, n_classes=8, duration_s=1.0, seed=1)
-    test = synthetic_clips(48, n_classes=8, duration_s=1.0, seed=2)
-    cfg = L3Config(**{**L3_SMALL, "image_size": 16, "batch_size": 32}, optim=OptimConfig(lr=3e-3))
+    train = synthetic_clips(96, n_classes=8, duration_s=1.0, seed=1)
+    test = synthetic_clips(96, n_classes=8, duration_s=1.0, seed=2)
+    cfg = L3Config(**{**L3_SMALL, "image_size": 16, "batch_size": 32}, optim=OptimConfig(lr=2e-3))
     torch.manual_seed(0)
     model = L3(cfg)
+    random_model = copy.deepcopy(model)
     opt = model.configure_optimizer()
     rng = np.random.default_rng(0)
     metrics = [model.train_step(model.to_tensors(L3.sample_views(
@@ -176,7 +181,11 @@ def test_l3_learns_correspondence(tmp_path):
     assert_loss_fell(np.array([m["loss"] for m in metrics]), 0.9)
     acc = [m["accuracy"] for m in metrics]
     assert np.mean(acc[-50:]) > np.mean(acc[:50]) + 0.08, (np.mean(acc[:50]), np.mean(acc[-50:]))
-    assert probe_accuracy(model, train, test) > 2 / 8                  # chance is 1/8
+    calib_rng = np.random.default_rng(1)
+    calibrate_norms(random_model, [L3.sample_views(
+        cfg, [pool[i] for i in calib_rng.choice(64, 32, replace=False)], calib_rng) for _ in range(10)])
+    probe, probe0 = probe_accuracy(model, train, test), probe_accuracy(random_model, train, test)
+    assert probe >= probe0 and probe > 2 / 8, (probe, probe0)      # chance is 1/8
     assert_round_trip(model, test[:3], tmp_path)
 
 
