@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml requirements.lock scripts/setup.sh scripts/install-debi
 # The strict editable install links files, so new modules need a (quick, offline) relink.
 setup: $(STAMP)
 	@bash scripts/install-debian-deps.sh
-	@$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict 2>&1 | { grep -v "is ignored" || true; }
+	@$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict \
+		> $(VENV)/relink.log 2>&1 || { cat $(VENV)/relink.log; exit 1; }
 
 demo: setup
 	$(VENV)/bin/tympan demo
