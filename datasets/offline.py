@@ -10,8 +10,9 @@
     OUT/.completed/<part>         markers: a rerun skips finished parts (lhotse-style)
 
 Parts run in dependency order; the Debian download (network + xz, mostly waiting) overlaps the
-synthesized tasks (CPU). The pretraining corpus comes last because it must read every task's
-manifest to keep test-side sources out.
+synthesized tasks (CPU). ``language_id`` is built after the download as its own part: its extra
+test split ``test_human`` is real human speech from the Debian packages. The pretraining corpus
+comes last because it must read every task's manifest to keep test-side sources out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from tympan.datasets.offline_tasks import TaskInfo, read_task_info, write_tasks_
 log = logging.getLogger(__name__)
 PRETRAIN_CLIPS = {"small": 96, "full": 4000}      # 10 s clips written as shards
 PRETRAIN_SHARD_SIZE = {"small": 32, "full": 250}
+# Version of the set of parts and what each writes. Markers from another layout would skip parts
+# whose output changed (layout 1 had a separate task language_id_human), so they are dropped.
+LAYOUT = 2
+STALE_TASKS = ("language_id_human",)
 
 
 def _marker(out: Path, part: str) -> Path:
@@ -53,6 +58,20 @@ def _run_part(out: Path, part: str, fn: Callable[[], Any], report: dict) -> Any:
     report["parts"][part] = {"seconds": dt, "skipped": False}
     print(f"[offline] {part}: {dt:.1f} s", flush=True)
     return value
+
+
+def _check_layout(out: Path) -> None:
+    """Drop the markers (and stale task folders) of a build written with another ``LAYOUT``."""
+    import shutil
+    done, tag = out / ".completed", out / ".completed" / "_layout"
+    if done.exists() and (not tag.exists() or tag.read_text().strip() != str(LAYOUT)):
+        print(f"[offline] {out}: built with another layout, rebuilding every part", flush=True)
+        shutil.rmtree(done)
+        for name in STALE_TASKS:
+            shutil.rmtree(out / "tasks" / name, ignore_errors=True)
+            (out / "manifests" / f"{name}.parquet").unlink(missing_ok=True)
+    done.mkdir(parents=True, exist_ok=True)
+    tag.write_text(f"{LAYOUT}\n")
 
 
 def _task_names(infos: list[TaskInfo]) -> list[str]:
@@ -85,6 +104,7 @@ def build_offline(out: str | os.PathLike, scale: str = "small", seed: int = 0,
         raise ValueError(f"scale={scale!r} unknown; choose one of {sorted(rt.SCALES)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_layout(out)
     cache = Path(cache_dir) if cache_dir else None
     report: dict[str, Any] = {"scale": scale, "seed": seed, "out": str(out.resolve()), "parts": {}}
     t0 = time.perf_counter()
@@ -93,14 +113,23 @@ def build_offline(out: str | os.PathLike, scale: str = "small", seed: int = 0,
         return {k: str(v) for k, v in ensure_packages(rt.SCALES[scale].packages, cache).items()}
 
     def synth() -> list[str]:
-        from tympan.datasets.offline_synth_tasks import build_synth_tasks
-        return _task_names(build_synth_tasks(out, scale, seed, cache))
+        from tympan.datasets.offline_synth_tasks import SYNTH_TASKS, build_synth_tasks
+        only = tuple(n for n in SYNTH_TASKS if n != "language_id")
+        return _task_names(build_synth_tasks(out, scale, seed, cache, only=only))
+
+    def language_id() -> list[str]:
+        # espeak-ng train/valid/test + real human speech as the extra split test_human (issue 4)
+        from tympan.datasets.offline_synth_tasks import LANGUAGES, build_synth_tasks
+        human = rt.human_language_examples(cache, tuple(LANGUAGES), rt.SCALES[scale], seed)
+        return _task_names(build_synth_tasks(out, scale, seed, cache, only=("language_id",),
+                                             language_extra={"test_human": human}))
 
     # The download + unpack waits on the network and xz; synthesis keeps the CPU busy meanwhile.
     with ThreadPoolExecutor(max_workers=1) as pool:
         fetching = pool.submit(_run_part, out, "debian", fetch, report)
         synth_names = _run_part(out, "synth_tasks", synth, report)
         fetching.result()
+    synth_names = list(synth_names) + list(_run_part(out, "language_id", language_id, report))
     rec_names = _run_part(out, "recorded_tasks",
                           lambda: _task_names(rt.build_recorded_tasks(out, scale, seed, cache)), report)
     if with_av:

@@ -33,7 +33,6 @@ from tympan.datasets.manifest import read_manifest
 from tympan.datasets.offline_mix import chain_to, crop_to, loop_to, normalise, rms
 
 SR = 16000
-HELD_OUT_SPLITS = ("valid", "test")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def collect_sources(out_dir: str | os.PathLike, recorded: dict[str, list[Any]]) 
     for path in manifests:
         for row in read_manifest(path):
             meta = json.loads(row["meta"])
-            if row["split"] in HELD_OUT_SPLITS:
+            if row["split"] != "train":     # valid, test and any extra test split
                 held.update(meta.get("sources") or [])
                 rec = meta.get("audio")          # the audio-visual manifest names its recording here
                 if isinstance(rec, dict) and rec.get("package") and rec.get("path"):

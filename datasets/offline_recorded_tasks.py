@@ -2,7 +2,9 @@
 
 They mirror the recorded tasks of Tagliasacchi et al. 2020 (arXiv 1905.11796: LibriSpeech
 speaker id, MUSAN speech/music/noise, TUT acoustic scenes, bird audio detection, VoxForge
-language id) with the leakage factor of each held out:
+language id) with the leakage factor of each held out (VoxForge language id is ``offline_synth_tasks``'
+``language_id``, whose extra test split ``test_human`` of real speech comes from here:
+:func:`human_language_examples`):
 
 | task               | classes | built from | splits disjoint by |
 |--------------------|---------|------------|--------------------|
@@ -10,7 +12,6 @@ language id) with the leakage factor of each held out:
 | speech_music_noise | speech / music / noise, 5 s | voices, game music, ambience | source package |
 | scenes             | ~10 ambience classes, 5 s | a bed looped, animal events mixed in | bed (one per class held out) |
 | bird_detection     | bird / no_bird, 5 s | a bird take over a non-bird bed vs the bed alone | bird take, bed |
-| language_id_human  | the languages of ``offline_synth_tasks.LANGUAGES`` | train/valid: espeak-ng; test: real speakers (ktuberling words, tuxpaint descriptions) | voice / human speaker |
 
 Every example's ``meta["sources"]`` lists the ``package:path`` ids of the recordings in it, so
 the pretraining corpus can prove it never uses a test-side recording.
@@ -282,13 +283,14 @@ def bird_examples(cache: Path | None, scale: RecordedScale, seed: int) -> list[T
     return out
 
 
-# ---- language id: real human speech as the test split --------------------------------------
+# ---- language id: real human speech as an extra test split --------------------------------
 
 def human_language_examples(cache: Path | None, languages: tuple[str, ...], scale: RecordedScale,
-                            seed: int) -> list[TaskExample]:
+                            seed: int, split: str = "test_human") -> list[TaskExample]:
     """5 s of real speech per clip: ktuberling words of one language chained, or one tuxpaint
     spoken description (``*_desc_<lang>.ogg``; ``*_desc.ogg`` is English). group = package:language
-    (one recording set per language and package: its speakers)."""
+    (one recording set per language and package: its speakers). ``split`` names the extra test
+    split of ``language_id`` these examples form."""
     rng = np.random.default_rng([seed, 15])
     n = int(scale.clip_s * SR)
     out = []
@@ -306,18 +308,11 @@ def human_language_examples(cache: Path | None, languages: tuple[str, ...], scal
                 x, idx = chain_to(rng, pieces, n, gap_s=(0.15, 0.4))
                 used = [kt[j] for j in idx]
             else:
-                raise RuntimeError(f"language_id_human: no recordings of language {lang!r}")
+                raise RuntimeError(f"language_id {split}: no recordings of language {lang!r}")
             pkg = used[0].package
-            out.append(TaskExample(f"human-{lang}-{pkg}-{i:03d}", normalise(rng, x), lang, "test",
+            out.append(TaskExample(f"human-{lang}-{pkg}-{i:03d}", normalise(rng, x), lang, split,
                                    f"human:{pkg}:{lang}", _meta(*used, language=lang, transcript=None)))
     return out
-
-
-def language_human_examples(cache: Path | None, scale_name: str, scale: RecordedScale, seed: int) -> list[TaskExample]:
-    """espeak-ng train/valid (the ``language_id`` task's voices) + real human test speech."""
-    from tympan.datasets.offline_synth_tasks import LANGUAGES, SCALES as SYNTH_SCALES, language_examples
-    synth = [ex for ex in language_examples(SYNTH_SCALES[scale_name], seed) if ex.split != "test"]
-    return synth + human_language_examples(cache, tuple(LANGUAGES), scale, seed)
 
 
 # ---- all ------------------------------------------------------------------------------
@@ -338,9 +333,6 @@ def build_recorded_tasks(out_dir: str | os.PathLike, scale: str = "small", seed:
          f"{len(SCENE_BEDS)} acoustic scenes from game ambience beds with animal events, 5 s"),
         ("bird_detection", lambda: bird_examples(cache, s, seed), "bird take / bed",
          "bird call over a non-bird bed vs the bed alone, 5 s"),
-        ("language_id_human", lambda: language_human_examples(cache, scale, s, seed),
-         "voice (train espeak-ng, test real human speakers)",
-         "language id trained on espeak-ng speech, tested on real human speech (ktuberling, tuxpaint)"),
     ]
     infos = []
     for name, make, factor, desc in specs:
