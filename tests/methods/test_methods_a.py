@@ -56,14 +56,6 @@ MUST_BEAT_RANDOM_WITH_BN_STATS = {"temporal-gap", "triplet", "cola"}
 SPAN = {"audio2vec-cbow": 96, "audio2vec-skipgram": 96, "temporal-gap": 96, "triplet": 96, "cola": 96}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two cores shared with other tests: one intra-op thread avoids oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small_cfg(name: str, batch_size: int = 16):
     cls = get_method(name)

@@ -22,14 +22,6 @@ from tympan.methods.l3 import L3, L3Config, crop_at, resize_frame, sliding_windo
 from tympan.methods.registry import build_method, load_method
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two BLAS threads on two shared cores thrash; one is several times faster here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # ---- shared helpers (also used by test_teacher.py) ---------------------------------------------
 def waves(clips) -> torch.Tensor:

@@ -29,14 +29,6 @@ N_CLASSES = 8
 ARCH = "timm:resnet10t"            # small timm ResNet; the recipe's default is resnet18
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two BLAS threads on two shared cores thrash; one is several times faster here.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _frames(n: int, seed: int):
     clips = synthetic_clips(n, n_classes=N_CLASSES, with_frames=True, duration_s=1.0,
