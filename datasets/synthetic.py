@@ -7,13 +7,18 @@ self-supervised method has something to learn and a test can check that it learn
   morphs into a second one over the clip, a lead voice with its own timbre playing a repeated
   melodic motif (note length and intervals), an amplitude-modulation rate and depth and a
   noise colour, all drawn once from a per-class seed that does not depend on ``seed``, so
-  clips made with different seeds (train / held-out) share the same classes. The pitch range
-  is shared by all classes (a per-clip transposition), so the mean spectrum says little about
-  the class;
-* **time has structure**: pitch and gain drift slowly (random walks) and the drone's timbre
-  morphs steadily over the clip, so slices close in time are more alike than distant
+  clips made with different seeds (train / held-out) share the same classes;
+* **the class is the only thing a clip keeps constant**: the instrument plays a random melody,
+  a new note every 0.1-0.2 s at a random pitch over two octaves and a random level (+-10 dB),
+  both shared by all classes. A nuisance that is constant over a clip (a per-clip
+  transposition, which an earlier version had) is a clip identity: every objective that
+  contrasts or predicts slices of one clip (COLA, triplet, Audio2Vec) learns it instead of the
+  class, and a random network beats them. Per-note nuisances vary inside every view, so the
+  objectives learn to discount them, as they must discount notes and loudness in real audio;
+* **time has structure**: pitch and gain also drift slowly (random walks) and the drone's
+  timbre morphs steadily over the clip, so slices close in time are more alike than distant
   slices, and the timbre tells where in the clip a slice lies (TemporalGap);
-* **nuisances**: random transposition, phases, motif onset, morph direction, noise level.
+* **other nuisances**: random phases, motif onset, morph direction, noise level.
 
 ``with_frames`` adds 1-fps "video" frames showing a class-specific picture (class colour and
 shape, jittered position, pixel noise) for audio-visual methods (L3, SoundNet);
@@ -34,7 +39,9 @@ WORDS: tuple[str, ...] = ("yes", "no", "up", "down", "left", "right", "on", "off
 _CLASS_SEED = 0x7E3A      # fixed: class definitions never change with the clip seed
 _N_HARMONICS = 8
 _SHAPES = ("disc", "square", "cross", "stripes")
-_TRANSPOSE_SEMITONES = 18.0   # per-clip transposition range, shared by all classes
+_NOTE_S = (0.1, 0.2)          # the random melody: note length range (s) ...
+_NOTE_SEMITONES = 24.0        # ... pitch range of its notes, shared by all classes ...
+_NOTE_DB = 10.0               # ... and their level range (+- dB)
 
 
 def class_name(c: int) -> str:
@@ -44,9 +51,9 @@ def class_name(c: int) -> str:
 def _class_params(c: int, n_classes: int) -> dict:
     """Fixed acoustic + visual identity of class ``c``."""
     rng = np.random.default_rng((_CLASS_SEED, c))
-    # The class sets only a small pitch offset; the per-clip pitch (drawn over 1.5 octaves in
-    # _audio) is a nuisance shared by all classes, so classes must be told apart by timbre,
-    # modulation and motif rather than by where the energy sits.
+    # The class sets only a small pitch offset; the melody's pitch (drawn over two octaves per
+    # note in _audio) is a nuisance shared by all classes, so classes must be told apart by
+    # timbre, modulation and motif rather than by where the energy sits.
     drone_hz = 160.0 * 2.0 ** (rng.uniform(-0.15, 0.15))
     profile = rng.dirichlet(np.full(_N_HARMONICS, 0.6))          # timbre
     return {
@@ -88,12 +95,24 @@ def _slow_walk(rng: np.random.Generator, t: np.ndarray, start: float, step: floa
     return np.clip(np.interp(t, grid, knots), lo, hi)
 
 
+def _notes(rng: np.random.Generator, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The random melody: per-sample (semitones, dB) of notes of random length in _NOTE_S,
+    each with its own pitch and level, starting before t = 0 (a random phase)."""
+    end = float(t[-1]) if len(t) else 0.0
+    lengths = rng.uniform(*_NOTE_S, size=int(end / _NOTE_S[0]) + 2)
+    starts = np.concatenate([[0.0], np.cumsum(lengths)[:-1]]) - rng.uniform(0.0, _NOTE_S[1])
+    which = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, len(starts) - 1)
+    semis = rng.uniform(0.0, _NOTE_SEMITONES, size=len(starts))
+    db = rng.uniform(-_NOTE_DB, _NOTE_DB, size=len(starts))
+    return semis[which], db[which]
+
+
 def _audio(p: dict, n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     t = np.arange(n) / sample_rate
-    # Slow pitch drift: a random walk (within +-3 semitones) on top of a per-clip
-    # transposition over 1.5 octaves shared by all classes: a nuisance that changes slowly
-    # within a clip, so close slices are more alike than distant ones.
-    drift = _slow_walk(rng, t, 0.0, 1.5, -3.0, 3.0) + rng.uniform(0.0, _TRANSPOSE_SEMITONES)
+    # Pitch: the melody's notes (two octaves, shared by all classes) on top of a slow random
+    # walk (within +-3 semitones), so close slices are more alike than distant ones.
+    note_semis, note_db = _notes(rng, t)
+    drift = _slow_walk(rng, t, 0.0, 1.5, -3.0, 3.0) + note_semis
     drone_hz = p["drone_hz"] * 2.0 ** (drift / 12.0)
     # The drone's timbre morphs between the class's two harmonic profiles over the clip
     # (random direction): a class-specific trajectory whose position tells the time.
@@ -119,9 +138,9 @@ def _audio(p: dict, n: int, sample_rate: int, rng: np.random.Generator) -> np.nd
     noise[1:] += p["noise_tilt"] * white[:-1]
     x = x + _slow_walk(rng, t, 0.05, 0.02, 0.01, 0.1) * noise
     x = x / (np.max(np.abs(x)) + 1e-9)
-    # Gain drifts too (within +-4 dB), so loudness is no per-clip constant a method could
-    # latch onto instead of the class.
-    x = x * 0.5 * 10.0 ** (_slow_walk(rng, t, 0.0, 2.0, -4.0, 4.0) / 20.0)
+    # Level: each note's own level on a slow drift (within +-4 dB), so loudness is no per-clip
+    # constant a method could latch onto instead of the class.
+    x = x * 0.5 * 10.0 ** ((_slow_walk(rng, t, 0.0, 2.0, -4.0, 4.0) + note_db) / 20.0)
     x = x / max(1.0, float(np.max(np.abs(x))) / 0.95)       # peak <= 0.95
     return x.astype(np.float32)
 
