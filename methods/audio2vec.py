@@ -84,8 +84,8 @@ class _Audio2Vec(Method):
     config_cls = Audio2VecConfig
 
     def __init__(self, cfg: Audio2VecConfig | None = None):
-        cfg = cfg if cfg is not None else Audio2VecConfig()
         super().__init__(cfg)
+        cfg = self.cfg
         self.frontend = Frontend(cfg.frontend)
         self.encoder = ConvEncoder2d(cfg.dim, cfg.channels, cfg.width)
         shape = (cfg.slice_frames, cfg.frontend.n_features)

@@ -153,8 +153,9 @@ class AudioText(Method):
     config_cls = AudioTextConfig
     sample_views = staticmethod(sample_audio_text_views)
 
-    def __init__(self, cfg: AudioTextConfig = AudioTextConfig()):
+    def __init__(self, cfg: AudioTextConfig | None = None):
         super().__init__(cfg)
+        cfg = self.cfg
         self.frontend = Frontend(cfg.frontend)
         self.audio_encoder = ConvEncoder2d(dim=cfg.embed_dim, width=cfg.width)
         self.word_encoder = nn.Sequential(

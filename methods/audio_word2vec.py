@@ -114,8 +114,9 @@ class AudioWord2Vec(Method):
     config_cls = AudioWord2VecConfig
     sample_views = staticmethod(sample_word2vec_views)
 
-    def __init__(self, cfg: AudioWord2VecConfig = AudioWord2VecConfig()):
+    def __init__(self, cfg: AudioWord2VecConfig | None = None):
         super().__init__(cfg)
+        cfg = self.cfg
         n_feat, h = cfg.frontend.n_features, cfg.hidden
         self.frontend = Frontend(cfg.frontend)
         self.norm = MaskedFeatureNorm(n_feat)

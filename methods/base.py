@@ -60,9 +60,10 @@ class Method(nn.Module):
     name: ClassVar[str]
     config_cls: ClassVar[type]
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any = None):
+        """``cfg`` None means the method's defaults (``config_cls()``)."""
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg if cfg is not None else self.config_cls()
 
     # ---- data side: pure numpy, runs in CPU workers --------------------------------------
     @staticmethod

@@ -84,8 +84,8 @@ class COLA(Method):
     sample_views = staticmethod(sample_crops)
 
     def __init__(self, cfg: COLAConfig | None = None):
-        cfg = cfg if cfg is not None else COLAConfig()
         super().__init__(cfg)
+        cfg = self.cfg
         self.frontend = Frontend(cfg.frontend)
         self.encoder = EfficientNetEncoder(cfg.width, cfg.depth)
         dense = nn.Linear(self.encoder.out_dim, cfg.projection_dim)

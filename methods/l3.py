@@ -201,8 +201,9 @@ class L3(Method):
     config_cls = L3Config
     sample_views = staticmethod(sample_l3_views)
 
-    def __init__(self, cfg: L3Config = L3Config()):
+    def __init__(self, cfg: L3Config | None = None):
         super().__init__(cfg)
+        cfg = self.cfg
         self.frontend = Frontend(cfg.frontend)
         # OpenL3 batch-normalises the input spectrogram: linear and mel inputs differ in scale.
         self.audio_norm = nn.BatchNorm2d(1)

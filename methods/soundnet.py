@@ -119,8 +119,9 @@ class SoundNet(Method):
     config_cls = SoundNetConfig
     sample_views = staticmethod(sample_soundnet_views)
 
-    def __init__(self, cfg: SoundNetConfig = SoundNetConfig()):
+    def __init__(self, cfg: SoundNetConfig | None = None):
         super().__init__(cfg)
+        cfg = self.cfg
         layers, c_in = [], 1
         for c, k, s, p, pool in SOUNDNET_LAYERS:
             c = max(4, int(round(c * cfg.width)))

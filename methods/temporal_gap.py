@@ -104,8 +104,8 @@ class TemporalGap(Method):
     sample_views = staticmethod(sample_pairs)
 
     def __init__(self, cfg: TemporalGapConfig | None = None):
-        cfg = cfg if cfg is not None else TemporalGapConfig()
         super().__init__(cfg)
+        cfg = self.cfg
         self.frontend = Frontend(cfg.frontend)
         self.encoder = ConvEncoder2d(cfg.dim, cfg.channels, cfg.width)
         n_out = cfg.n_bins if cfg.target == "bins" else 1

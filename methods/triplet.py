@@ -118,8 +118,8 @@ class Triplet(Method):
     sample_views = staticmethod(sample_triplets)
 
     def __init__(self, cfg: TripletConfig | None = None):
-        cfg = cfg if cfg is not None else TripletConfig()
         super().__init__(cfg)
+        cfg = self.cfg
         self.frontend = Frontend(cfg.frontend)
         self.encoder = ConvEncoder2d(cfg.dim, cfg.channels, cfg.width)
 
