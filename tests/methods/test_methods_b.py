@@ -137,7 +137,7 @@ def test_l3_learns_correspondence(tmp_path):
     result, acc = learn_l3()
     print(f"l3 correspondence accuracy {np.mean(acc[:50]):.3f} -> {np.mean(acc[-50:]):.3f}")
     assert np.mean(acc[-50:]) > np.mean(acc[:50]) + 0.08, (np.mean(acc[:50]), np.mean(acc[-50:]))
-    assert_learned("l3", result, 0.9, tmp_path)
+    assert_learned("l3", result, 0.8, tmp_path)
 
 
 def test_l3_full_size_shapes():
