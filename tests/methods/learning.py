@@ -6,7 +6,7 @@ both (tests/methods/test_methods_a.py, test_methods_b.py, test_teacher.py):
 
 * ``random``: the initial weights *and* normalisation buffers, so BatchNorm in eval mode is
   the identity and the network is an un-normalised random net. On timbre-like classes its
-  features are strong (0.79-0.89 on the 4-class probe): the baseline to beat.
+  features are strong (0.70-0.91 on the 4-class probe): the baseline to beat.
 * ``random_bn``: the same weights with BatchNorm statistics estimated on training batches
   (cumulative average, no gradient step): the function the architecture computes at init once
   it normalises.

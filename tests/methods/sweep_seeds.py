@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=ALL, choices=ALL)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    data = a.data.__wrapped__() if any(m in a.NAMES for m in args.methods) else None
+    data = a.synthetic_data() if any(m in a.NAMES for m in args.methods) else None
     teacher = t.make_teacher(Path(tempfile.mkdtemp())) if "soundnet" in args.methods else None
     print("| method | init seed | trained | random init | random init, BN statistics fitted | loss ratio | s |")
     print("|---|---|---|---|---|---|---|")

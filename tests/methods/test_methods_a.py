@@ -29,7 +29,7 @@ from learning import train_and_compare  # noqa: E402
 
 NAMES = ["audio2vec-cbow", "audio2vec-skipgram", "temporal-gap", "triplet", "cola"]
 SMALL_FE = {"n_mels": 32}
-# Narrow versions of the same architectures, and how long each trains in the learning test.
+# Narrow versions of the same architectures (the tests train these).
 SMALL = {
     "audio2vec-cbow": dict(slice_frames=32, width=0.125, dim=32, embed_hop_frames=16),
     "audio2vec-skipgram": dict(slice_frames=32, width=0.125, dim=32, embed_hop_frames=16),
@@ -49,18 +49,22 @@ LEARN = {"audio2vec-cbow": dict(steps=900, batch_size=32),
 SPAN = {"audio2vec-cbow": 96, "audio2vec-skipgram": 96, "temporal-gap": 96, "triplet": 96, "cola": 96}
 
 
-
 def small_cfg(name: str, batch_size: int = 16, lr: float | None = None):
     cls = get_method(name)
     cfg = cls.config_cls(frontend=FrontendConfig(**SMALL_FE), batch_size=batch_size, **SMALL[name])
     return cfg if lr is None else dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=lr))
 
 
-@pytest.fixture(scope="module")
-def data():
+def synthetic_data() -> dict:
+    """The learning test's clips: 96 to train on, 256 + 256 held-out probe clips (4 classes)."""
     return {"train": synthetic_clips(96, seed=1, duration_s=4.0),
             "probe_train": synthetic_clips(256, seed=7, duration_s=2.0),
             "probe_test": synthetic_clips(256, seed=8, duration_s=2.0)}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_data()
 
 
 def learn(name: str, data, seed: int = 0):
