@@ -21,8 +21,7 @@ import math
 import os
 import re
 import urllib.parse
-from dataclasses import dataclass
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -30,49 +29,12 @@ import torch
 import torchaudio
 
 from tympan.datasets import storage
+from tympan.datasets.media import (AUDIO_EXTENSIONS, REASONS, VIDEO_EXTENSIONS, DecodeError, Decoded,
+                                   MediaInfo, Source, resample_margin)
+from tympan.datasets.video import decode_av_audio, decode_frames, probe_av
 
-# Files soundfile decodes (seek + read of the window).
-AUDIO_EXTENSIONS: frozenset[str] = frozenset(
-    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au"})
-# Containers PyAV decodes: may hold video, an audio track or both (m4a/aac: audio only).
-VIDEO_EXTENSIONS: frozenset[str] = frozenset(
-    {".mp4", ".m4a", ".m4v", ".webm", ".mkv", ".mov", ".aac"})
-REASONS = ("missing", "empty", "truncated", "undecodable", "too_short", "no_audio", "no_video",
-           "bad_window")
-
-Source = Union[str, os.PathLike, bytes, BinaryIO]
-
-
-class DecodeError(Exception):
-    """A clip cannot be decoded as asked. ``source`` names it, ``reason`` is one of REASONS."""
-
-    def __init__(self, source: object, reason: str, detail: str = ""):
-        if reason not in REASONS:
-            raise ValueError(f"DecodeError reason {reason!r} is not one of {REASONS}")
-        self.source, self.reason, self.detail = _name(source), reason, detail
-        super().__init__(f"{self.source}: {reason}" + (f" ({detail})" if detail else ""))
-
-    def __reduce__(self):
-        # Rebuilt from its fields when it crosses a process boundary (Ray workers).
-        return type(self), (self.source, self.reason, self.detail)
-
-
-@dataclass(frozen=True)
-class MediaInfo:
-    duration_s: float          # of the audio track when there is one, else of the container
-    sample_rate: int | None    # native rate of the audio track
-    channels: int | None
-    has_audio: bool
-    has_video: bool
-
-
-def _name(source: object) -> str:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes>"
-    if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)
-    return str(getattr(source, "name", None) or f"<{type(source).__name__}>")
-
+__all__ = ["AUDIO_EXTENSIONS", "VIDEO_EXTENSIONS", "REASONS", "DecodeError", "MediaInfo", "Source",
+           "decode_audio", "decode_video_frames", "probe", "resample", "resample_margin"]
 
 def _extension(source: Source, ext: str | None) -> str:
     if ext:
@@ -176,29 +138,6 @@ def _sf_reason(err: Exception) -> str:
     if any(s in msg for s in ("lost sync", "malformed", "unexpected end", "truncat", "premature")):
         return "truncated"
     return "undecodable"
-
-
-def resample_margin(native_rate: int, target_rate: int) -> int:
-    """Native samples to decode beyond each side of a window so that resampling the window
-    reproduces the same stretch of a resampled full decode: torchaudio's windowed-sinc kernel
-    (lowpass_filter_width 6) reaches about 6 * native/target input samples, plus one period
-    of the grid both rates share (native/gcd samples) to start on it. 0: no resampling."""
-    if native_rate == target_rate:
-        return 0
-    period = native_rate // math.gcd(native_rate, target_rate)
-    return int(8 * max(1.0, native_rate / target_rate)) + 8 + period
-
-
-@dataclass
-class Decoded:
-    """Native-rate samples around a window. Indices count native samples from the start of
-    the file, so a window and a full decode share one sample grid."""
-    data: np.ndarray        # float32 [n, channels]; data[0] is sample ``offset``
-    sample_rate: int
-    offset: int             # file index of data[0]
-    start: int              # file index of the window's first sample
-    stop: int               # file index one past the window's last sample
-    to_end: bool            # the window runs to the end of the file
 
 
 def _to_rate(dec: Decoded, mono: np.ndarray, rate: int) -> np.ndarray:
@@ -308,8 +247,6 @@ def decode_audio(source: Source, *, sample_rate: int = 16000, start_s: float | N
 
 
 def _decode_pyav_audio(src, name: Source, start_s, end_s, tolerance_s, target_rate) -> Decoded:
-    # Imported here: av_decode builds on this module's DecodeError and helpers.
-    from tympan.datasets.av_decode import decode_av_audio
     return decode_av_audio(src, name, start_s, end_s, tolerance_s, target_rate)
 
 
@@ -317,7 +254,6 @@ def decode_video_frames(source: Source, times_s, *, size: tuple[int, int] | None
                         ext: str | None = None) -> np.ndarray:
     """The frames shown at ``times_s`` (seconds) -> uint8 RGB ``[K, H, W, 3]``, in the order
     asked; ``size=(H, W)`` resizes. Times past the end of the video raise "too_short"."""
-    from tympan.datasets.av_decode import decode_frames
     times = np.asarray(times_s, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(times)) or np.any(times < 0):
         raise DecodeError(source, "bad_window", f"frame times must be finite and >= 0: {times}")
@@ -338,5 +274,4 @@ def probe(source: Source, *, ext: str | None = None) -> MediaInfo:
             except (sf.LibsndfileError, RuntimeError, TypeError):
                 if not isinstance(src, str):
                     src.seek(0)
-        from tympan.datasets.av_decode import probe_av
         return probe_av(src, source)

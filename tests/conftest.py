@@ -1,4 +1,5 @@
-"""Shared fixtures: real local services (moto S3 on 127.0.0.1, a local Ray cluster).
+"""Shared fixtures: real local services (moto S3 on 127.0.0.1, a local Ray cluster) and the
+small offline corpus (built once per session: tasks, AV corpus, pretraining shards).
 
 Per-folder fixtures live in each tests/<folder>/conftest.py.
 """
@@ -65,3 +66,13 @@ def ray_cluster(s3_server):
                  configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def offline_small(tmp_path_factory):
+    """One ``--scale small`` build of the offline corpora (Debian cache reused), shared by every
+    test that reads it: ``(root, report)``."""
+    from tympan.datasets.offline.build import build_offline
+
+    out = tmp_path_factory.mktemp("offline")
+    return out, build_offline(out, scale="small", seed=0)

@@ -25,7 +25,7 @@ def _not_built(what: str) -> Callable[[argparse.Namespace], int]:
 # ---- command implementations (each imports its layer lazily so --help stays fast) --------
 
 def _cmd_data_ingest(args: argparse.Namespace) -> int:
-    from tympan.datasets.formats import MetadataError, ingest
+    from tympan.datasets.formats.registry import MetadataError, ingest
     from tympan.datasets.storage import StorageError
 
     options = {}
@@ -81,8 +81,8 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_offline(args: argparse.Namespace) -> int:
-    from tympan.datasets.offline import build_offline
-    from tympan.datasets.offline_debian import DebianSourceError
+    from tympan.datasets.offline.build import build_offline
+    from tympan.datasets.offline.debian import DebianSourceError
     try:
         report = build_offline(args.out, scale=args.scale, seed=args.seed, cache_dir=args.cache,
                                table_path=args.table)

@@ -110,8 +110,8 @@ def embed_task(model, task_dir: Path, max_per_split: int, batch_size: int = 64
 
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
-    from tympan.datasets.offline import build_offline
-    from tympan.datasets.offline_tasks import read_task_info
+    from tympan.datasets.offline.build import build_offline
+    from tympan.datasets.offline.tasks import read_task_info
     from tympan.methods.probe import linear_probe
     from tympan.methods.registry import build_method
 

@@ -105,3 +105,72 @@ def test_folders_have_no_init_files():
     for name in SHADOWABLE:
         assert (REPO / name).is_dir(), name
         assert not (REPO / name / "__init__.py").exists(), name
+
+
+# ---- the import graph -----------------------------------------------------------------------
+
+FOLDERS = {"tympan": "tympan", "datasets": "tympan.datasets", "methods": "tympan.methods",
+           "distributed": "tympan.distributed", "tuning": "tympan.tuning"}
+
+
+def _modules() -> dict[str, Path]:
+    """Installed module name -> file, for every module of the project."""
+    out = {}
+    for folder, package in FOLDERS.items():
+        for f in (REPO / folder).rglob("*.py"):
+            parts = f.relative_to(REPO / folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            out[".".join((package, *parts))] = f
+    return out
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """Project modules ``path`` imports, at any depth (lazy imports inside functions count)."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in known}
+    return found
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph = {m: _imports(f, set(mods)) - {m} for m, f in mods.items()}
+    cycles, state = [], {}
+
+    def visit(m: str, stack: list[str]) -> None:
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(stack[stack.index(n):] + [n] if n in stack else [m, n])
+            elif n not in state:
+                visit(n, stack + [n])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_only_distributed_and_tuning_import_ray():
+    mods = _modules()
+    import ast
+
+    offenders = []
+    for m, f in mods.items():
+        if m.startswith(("tympan.distributed", "tympan.tuning")):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                offenders.append(m)
+    assert not offenders, offenders

@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 
 from tympan.datasets import storage
-from tympan.datasets.formats import ingest
+from tympan.datasets.formats.registry import ingest
 from tympan.datasets.manifest import make_row, read_manifest, write_manifest
 from tympan.datasets.shards import iter_shard, list_shards
 from tympan.distributed.sharding import format_inspection, inspect_shards, shard_manifest

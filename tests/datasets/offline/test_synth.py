@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from tympan.datasets.audio import decode_audio, decode_video_frames
-from tympan.datasets.manifest import read_manifest
-from tympan.datasets.offline_debian import default_cache_dir
-from tympan.datasets import offline_music as music
-from tympan.datasets import offline_speech as speech
-from tympan.datasets.offline_gus import PatchError, read_patch
-from tympan.datasets.offline_synth_tasks import (KEYWORDS, LANGUAGES, SynthScale,
-                                                 build_synth_tasks, keyword_examples)
+from tympan.datasets.offline.debian import default_cache_dir
+from tympan.datasets.offline import music
+from tympan.datasets.offline import speech
+from tympan.datasets.offline.gus import PatchError, read_patch
+from tympan.datasets.offline.scales import SynthScale
+from tympan.datasets.offline.tasks import read_task_info
+from tympan.datasets.offline.synth_tasks import KEYWORDS, LANGUAGES, keyword_examples
 
 SR = 16000
 
@@ -109,17 +109,12 @@ def test_keyword_examples_are_deterministic_for_a_seed():
 # ---- synthesized tasks at scale small -----------------------------------------------------
 
 @pytest.fixture(scope="module")
-def synth_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    infos = build_synth_tasks(out, "small", seed=0)
-    return out, {i.name: i for i in infos}
+def synth_build(offline_small):
+    """The synthesized tasks of the session's small offline build (tests/conftest.py)."""
+    out, report = offline_small
+    names = ("keywords", "language_id", "instrument_family", "pitch")
+    return out, {n: read_task_info(out / "tasks" / n) for n in names}
 
-
-def _rows(out: Path, name: str) -> list[dict]:
-    rows = read_manifest(out / "manifests" / f"{name}.parquet")
-    for r in rows:
-        r["meta"] = json.loads(r["meta"])
-    return rows
 
 
 def test_synth_tasks_beat_chance(synth_build):
@@ -133,8 +128,8 @@ def test_synth_tasks_beat_chance(synth_build):
     assert infos["language_id"].n_classes == len(LANGUAGES) >= 6
 
 
-def test_keyword_splits_hold_out_voices_and_labels_are_transcripts(synth_build):
-    rows = _rows(synth_build[0], "keywords")
+def test_keyword_splits_hold_out_voices_and_labels_are_transcripts(synth_build, task_rows):
+    rows = task_rows(synth_build[0], "keywords")
     variants = defaultdict(set)
     for r in rows:
         assert r["labels"] == [r["meta"]["transcript"]] and r["labels"][0] in KEYWORDS
@@ -144,8 +139,9 @@ def test_keyword_splits_hold_out_voices_and_labels_are_transcripts(synth_build):
     assert not variants["valid"] & variants["test"]
 
 
-def test_language_id_holds_out_voices(synth_build):
-    rows = _rows(synth_build[0], "language_id")
+def test_language_id_holds_out_voices(synth_build, task_rows):
+    # espeak-ng splits only: the extra split test_human is real speech (tested in test_build.py)
+    rows = [r for r in task_rows(synth_build[0], "language_id") if r["split"] in ("train", "valid", "test")]
     variants = defaultdict(set)
     for r in rows:
         assert r["labels"] == [r["meta"]["language"]] and r["meta"]["transcript"]
@@ -155,8 +151,8 @@ def test_language_id_holds_out_voices(synth_build):
 
 
 @pytest.mark.parametrize("task", ["instrument_family", "pitch"])
-def test_note_tasks_split_by_soundfont(synth_build, task):
-    rows = _rows(synth_build[0], task)
+def test_note_tasks_split_by_soundfont(synth_build, task, task_rows):
+    rows = task_rows(synth_build[0], task)
     fonts = defaultdict(set)
     for r in rows:
         m = r["meta"]
@@ -168,8 +164,8 @@ def test_note_tasks_split_by_soundfont(synth_build, task):
     assert not progs["train"] & progs["valid"]
 
 
-def test_pitch_labels_match_the_estimated_f0(synth_build):
-    rows = [r for r in _rows(synth_build[0], "pitch") if r["split"] == "test"]
+def test_pitch_labels_match_the_estimated_f0(synth_build, task_rows):
+    rows = [r for r in task_rows(synth_build[0], "pitch") if r["split"] == "test"]
     err = np.array([estimate_midi(decode_audio(r["source"])) - int(r["labels"][0]) for r in rows])
     # autocorrelation slips an octave on some organ / sub-octave patches: the pitch class must
     # agree almost always, the exact note in most cases
@@ -180,17 +176,15 @@ def test_pitch_labels_match_the_estimated_f0(synth_build):
 # ---- audio-visual corpus ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def av_build(tmp_path_factory):
-    from tympan.datasets.offline_av import build_av_corpus
-    out = tmp_path_factory.mktemp("av")
-    # the shared Debian cache (one tuxpaint download per machine, like the recorded corpora)
-    summary = build_av_corpus(out, "small", seed=0, cache_dir=default_cache_dir())
-    return out, summary
+def av_build(offline_small):
+    """The audio-visual corpus of the session's small offline build (tests/conftest.py)."""
+    out, report = offline_small
+    return out, report["av"]
 
 
-def test_av_objects_are_held_out_and_images_cover_train_objects(av_build):
+def test_av_objects_are_held_out_and_images_cover_train_objects(av_build, task_rows):
     out, summary = av_build
-    rows = _rows(out, "av")
+    rows = task_rows(out, "av")
     assert len(rows) == summary["clips"] > 50 and not summary["skipped"]
     objs = defaultdict(set)
     for r in rows:
@@ -199,7 +193,7 @@ def test_av_objects_are_held_out_and_images_cover_train_objects(av_build):
     assert objs["train"] and objs["test"] and objs["valid"]
     assert not objs["train"] & objs["test"] and not objs["train"] & objs["valid"]
     assert {r["meta"]["kind"] for r in rows} == {"emoji_instrument", "emoji_spoken", "tuxpaint"}
-    from tympan.datasets.offline_av_objects import INSTRUMENT_EMOJI
+    from tympan.datasets.offline.av_objects import INSTRUMENT_EMOJI
     for r in rows:          # the sound comes from the object shown
         m, lab = r["meta"], r["labels"][0]
         if m["kind"] == "emoji_spoken":
@@ -217,11 +211,11 @@ def test_av_objects_are_held_out_and_images_cover_train_objects(av_build):
         assert im.size == (224, 224)
 
 
-def test_av_clips_decode_and_frames_show_their_label(av_build):
-    from tympan.datasets.offline_av_objects import picture_from_meta
-    from tympan.datasets.offline_pictures import FrameParams, render_frame
+def test_av_clips_decode_and_frames_show_their_label(av_build, task_rows):
+    from tympan.datasets.offline.av_objects import picture_from_meta
+    from tympan.datasets.offline.pictures import FrameParams, render_frame
     out, _ = av_build
-    rows = _rows(out, "av")
+    rows = task_rows(out, "av")
     cache = default_cache_dir()
     pictures = {}          # distinct pictures of the corpus, with their labels
     for r in rows:
@@ -253,7 +247,7 @@ def test_av_clips_decode_and_frames_show_their_label(av_build):
 
 
 def test_an_undecodable_recording_is_skipped_and_counted(tmp_path):
-    from tympan.datasets.offline_av_objects import AVObject, clip_audio
+    from tympan.datasets.offline.av_objects import AVObject, clip_audio
     bad = tmp_path / "broken.ogg"
     bad.write_bytes(b"OggS" + b"\x00" * 100)
     obj = AVObject("tux_broken", "broken", "tuxpaint", "tuxpaint", {"path": "x"}, sound=str(bad))

@@ -7,7 +7,7 @@ formats whose media the user downloads (audioset, vggsound) it also writes the c
 media was not found next to the manifest (``M.missing_media.txt``), since missing YouTube media
 is normal and must stay visible.
 
-    from tympan.datasets.formats import ingest
+    from tympan.datasets.formats.registry import ingest
     report = ingest("esc50", "/data/ESC-50-master", "esc50.parquet")
     print(report.summary())
 """
@@ -20,10 +20,13 @@ from typing import Any, Callable
 import pyarrow.parquet as pq
 
 from tympan.datasets import storage
-from tympan.datasets.format_audioset import ingest_audioset, ingest_vggsound
-from tympan.datasets.format_common import IngestReport, MetadataError, norm_root
-from tympan.datasets.format_corpora import (ingest_esc50, ingest_folder, ingest_hear,
-                                            ingest_nsynth, ingest_speechcommands)
+from tympan.datasets.formats.audioset import ingest_audioset, ingest_vggsound
+from tympan.datasets.formats.common import IngestReport, MetadataError, norm_root
+from tympan.datasets.formats.esc50 import ingest_esc50
+from tympan.datasets.formats.folder import ingest_folder
+from tympan.datasets.formats.hear import ingest_hear
+from tympan.datasets.formats.nsynth import ingest_nsynth
+from tympan.datasets.formats.speechcommands import ingest_speechcommands
 from tympan.datasets.manifest import to_table, write_manifest
 
 __all__ = ["INGESTERS", "IngestReport", "MetadataError", "ingest", "missing_list_uri"]

@@ -4,7 +4,7 @@ Emoji objects come with this module's tables (instrument -> General-MIDI program
 melody is played by the instrument shown; animals and vehicles -> the English word espeak-ng
 says). Photo objects are the PNG cut-outs of Debian's tuxpaint-stamps-default, each with
 ``<stamp>.ogg`` (a real recording of the thing) and/or ``<stamp>_desc[_<lang>].ogg`` (real
-people saying its name), fetched with :func:`offline_debian.ensure_packages`.
+people saying its name), fetched with :func:`debian.ensure_packages`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tympan.datasets.offline_music import render_melody
-from tympan.datasets.offline_pictures import emoji_picture, png_picture
-from tympan.datasets.offline_speech import Utterance, list_variants, speak_many, trim_silence
-from tympan.datasets.offline_synth_mix import fit_length
+from tympan.datasets.offline.music import render_melody
+from tympan.datasets.offline.pictures import emoji_picture, png_picture
+from tympan.datasets.offline.speech import Utterance, list_variants, speak_many, trim_silence
+from tympan.datasets.offline.mix import fit_length
 
 SR = 16000
 TUXPAINT = "tuxpaint-stamps-default"
@@ -74,7 +74,7 @@ def emoji_objects() -> list[AVObject]:
 def tuxpaint_objects(cache_dir, rng: np.random.Generator, limit: int) -> list[AVObject]:
     """Stamps with a PNG and a real sound or spoken name; ``limit`` > 0 picks that many at
     random, preferring stamps with a real sound."""
-    from tympan.datasets.offline_debian import ensure_packages, package_version
+    from tympan.datasets.offline.debian import ensure_packages, package_version
     root = ensure_packages([TUXPAINT], cache_dir)[TUXPAINT]
     stamps = root / "usr" / "share" / "tuxpaint" / "stamps"
     version = package_version(root)
@@ -198,6 +198,6 @@ def picture_from_meta(picture: dict, cache_dir=None) -> np.ndarray:
     """The RGBA picture named by a manifest row's ``meta["picture"]`` (to re-render a frame)."""
     if "emoji" in picture:
         return emoji_picture(picture["emoji"])
-    from tympan.datasets.offline_debian import ensure_packages
+    from tympan.datasets.offline.debian import ensure_packages
     root = ensure_packages([picture["package"]], cache_dir)[picture["package"]]
     return png_picture(str(Path(root) / picture["path"]))

@@ -1,7 +1,7 @@
 """``tympan data offline``: build the offline real-audio corpus family in one directory.
 
-    OUT/tasks/<task>/...          HEAR task folders (recorded: offline_recorded_tasks,
-                                  synthesized: offline_synth_tasks)
+    OUT/tasks/<task>/...          HEAR task folders (recorded: recorded_tasks,
+                                  synthesized: synth_tasks)
     OUT/manifests/<task>.parquet  tympan manifests of the tasks (+ av.parquet)
     OUT/av/...                    the audio-visual corpus and image set (offline_av)
     OUT/pretrain/                 sources.json + WebDataset shards of the pretraining mix
@@ -25,11 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from tympan.datasets.offline_tasks import TaskInfo, read_task_info, write_tasks_table
+from tympan.datasets.offline.scales import RecordedScale, scale_named
+from tympan.datasets.offline.tasks import TaskInfo, read_task_info, write_tasks_table
 
 log = logging.getLogger(__name__)
-PRETRAIN_CLIPS = {"small": 96, "full": 4000}      # 10 s clips written as shards
-PRETRAIN_SHARD_SIZE = {"small": 32, "full": 250}
 # Version of the set of parts and what each writes. Markers from another layout would skip parts
 # whose output changed (layout 1 had a separate task language_id_human), so they are dropped.
 LAYOUT = 2
@@ -78,11 +77,10 @@ def _task_names(infos: list[TaskInfo]) -> list[str]:
     return [i.name for i in infos]
 
 
-def _recorded_pools(cache: Path | None, scale: str) -> dict[str, list]:
+def _recorded_pools(cache: Path | None, s: RecordedScale) -> dict[str, list]:
     """Candidate recordings per role for the pretraining mix (test-side ones are removed later)."""
-    from tympan.datasets import offline_recorded_tasks as rt
-    from tympan.datasets.offline_debian import recordings
-    s = rt.SCALES[scale]
+    from tympan.datasets.offline import recorded_tasks as rt
+    from tympan.datasets.offline.debian import recordings
     music = recordings(cache, "hedgewars-data", [f"{rt.HW}/Music/*"], limit=s.music_files)
     music += recordings(cache, "wesnoth-1.16-music", ["*"], limit=s.music_files)
     return {"speech": recordings(cache, "hedgewars-data", [f"{rt.HW}/Sounds/voices/*"]),
@@ -98,10 +96,9 @@ def build_offline(out: str | os.PathLike, scale: str = "small", seed: int = 0,
     ``cache_dir``: Debian download/convert cache (default ``~/.cache/tympan/debian``).
     ``table_path``: also write/update the task table there (e.g. ``docs/offline_tasks.md``).
     """
-    from tympan.datasets import offline_recorded_tasks as rt
-    from tympan.datasets.offline_debian import ensure_packages
-    if scale not in rt.SCALES:
-        raise ValueError(f"scale={scale!r} unknown; choose one of {sorted(rt.SCALES)}")
+    from tympan.datasets.offline import recorded_tasks as rt
+    from tympan.datasets.offline.debian import ensure_packages
+    sizes = scale_named(scale)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_layout(out)
@@ -110,18 +107,18 @@ def build_offline(out: str | os.PathLike, scale: str = "small", seed: int = 0,
     t0 = time.perf_counter()
 
     def fetch() -> dict[str, str]:
-        return {k: str(v) for k, v in ensure_packages(rt.SCALES[scale].packages, cache).items()}
+        return {k: str(v) for k, v in ensure_packages(sizes.recorded.packages, cache).items()}
 
     def synth() -> list[str]:
-        from tympan.datasets.offline_synth_tasks import SYNTH_TASKS, build_synth_tasks
+        from tympan.datasets.offline.synth_tasks import SYNTH_TASKS, build_synth_tasks
         only = tuple(n for n in SYNTH_TASKS if n != "language_id")
-        return _task_names(build_synth_tasks(out, scale, seed, cache, only=only))
+        return _task_names(build_synth_tasks(out, sizes.synth, seed, cache, only=only))
 
     def language_id() -> list[str]:
         # espeak-ng train/valid/test + real human speech as the extra split test_human (issue 4)
-        from tympan.datasets.offline_synth_tasks import LANGUAGES, build_synth_tasks
-        human = rt.human_language_examples(cache, tuple(LANGUAGES), rt.SCALES[scale], seed)
-        return _task_names(build_synth_tasks(out, scale, seed, cache, only=("language_id",),
+        from tympan.datasets.offline.synth_tasks import LANGUAGES, build_synth_tasks
+        human = rt.human_language_examples(cache, tuple(LANGUAGES), sizes.recorded, seed)
+        return _task_names(build_synth_tasks(out, sizes.synth, seed, cache, only=("language_id",),
                                              language_extra={"test_human": human}))
 
     # The download + unpack waits on the network and xz; synthesis keeps the CPU busy meanwhile.
@@ -131,21 +128,21 @@ def build_offline(out: str | os.PathLike, scale: str = "small", seed: int = 0,
         fetching.result()
     synth_names = list(synth_names) + list(_run_part(out, "language_id", language_id, report))
     rec_names = _run_part(out, "recorded_tasks",
-                          lambda: _task_names(rt.build_recorded_tasks(out, scale, seed, cache)), report)
+                          lambda: _task_names(rt.build_recorded_tasks(out, sizes.recorded, seed, cache)), report)
     if with_av:
         def av() -> dict:
-            from tympan.datasets.offline_av import build_av_corpus
-            return build_av_corpus(out, scale, seed, cache)
+            from tympan.datasets.offline.av import build_av_corpus
+            return build_av_corpus(out, sizes.av, seed, cache)
         report["av"] = _run_part(out, "av", av, report)
 
     def pretrain() -> dict:
-        from tympan.datasets.offline_pretrain import (PretrainMixer, collect_sources, write_pretrain_shards,
+        from tympan.datasets.offline.pretrain import (PretrainMixer, collect_sources, write_pretrain_shards,
                                                       write_sources)
-        sources = collect_sources(out, _recorded_pools(cache, scale))
+        sources = collect_sources(out, _recorded_pools(cache, sizes.recorded))
         write_sources(sources, out / "pretrain" / "sources.json")
         mixer = PretrainMixer.from_build(out)
         res = write_pretrain_shards(mixer, str(out / "pretrain" / "shards"), seed=seed,
-                                    n_clips=PRETRAIN_CLIPS[scale], shard_size=PRETRAIN_SHARD_SIZE[scale])
+                                    n_clips=sizes.pretrain.clips, shard_size=sizes.pretrain.shard_size)
         res["pools"] = {k: len(v) for k, v in sources["recordings"].items()}
         res["espeak_voices"], res["programs"] = len(sources["espeak"]), len(sources["programs"])
         return res

@@ -30,7 +30,7 @@ import soundfile as sf
 
 from tympan.datasets.clip import Clip
 from tympan.datasets.manifest import read_manifest
-from tympan.datasets.offline_mix import chain_to, crop_to, loop_to, normalise, rms
+from tympan.datasets.offline.mix import chain_to, crop_to, loop_to, normalise, rms
 
 SR = 16000
 
@@ -62,7 +62,7 @@ class PretrainConfig:
 def collect_sources(out_dir: str | os.PathLike, recorded: dict[str, list[Any]]) -> dict[str, Any]:
     """Train-side pools for the mixer, from a build's manifests and candidate recordings.
 
-    ``recorded``: role ("speech", "music", "scene") -> :class:`offline_debian.Recording` list.
+    ``recorded``: role ("speech", "music", "scene") -> :class:`debian.Recording` list.
     A recording is dropped when its ``source_id`` occurs in any valid/test clip's
     ``meta["sources"]``; espeak-ng voices and melody programs come from train rows only, minus
     any variant / program seen in a valid or test row.
@@ -137,7 +137,7 @@ class PretrainMixer:
     def _speech(self, rng, n, meta) -> np.ndarray:
         pool, voices = self.sources["recordings"].get("speech", []), self.sources.get("espeak", [])
         if voices and (not pool or rng.random() < self.cfg.p_espeak):
-            from tympan.datasets.offline_speech import speak
+            from tympan.datasets.offline.speech import speak
             v = voices[int(rng.integers(len(voices)))]
             texts = [v["texts"][int(rng.integers(len(v["texts"])))] for _ in range(2)]
             pieces = [speak(t, voice=v["voice"], variant=v["variant"], speed=int(rng.integers(130, 190)),
@@ -156,7 +156,7 @@ class PretrainMixer:
     def _music(self, rng, n, meta) -> np.ndarray:
         pool, programs = self.sources["recordings"].get("music", []), self.sources.get("programs", [])
         if programs and (not pool or rng.random() < self.cfg.p_melody):
-            from tympan.datasets.offline_music import render_melody
+            from tympan.datasets.offline.music import render_melody
             p = int(programs[int(rng.integers(len(programs)))])
             meta["programs"].append(p)
             return render_melody(rng, p, self.sources["soundfont"], self.cfg.clip_s)[:n]
@@ -166,7 +166,7 @@ class PretrainMixer:
 
     def generate_clip(self, seed: int, index: int) -> Clip:
         """Clip ``index`` of the stream ``seed``: float32 [clip_s * 16000], same output every call."""
-        from tympan.datasets.offline_synth_mix import add_noise, reverberate
+        from tympan.datasets.offline.mix import add_noise, reverberate
         cfg = self.cfg
         rng = np.random.default_rng([int(seed), int(index), 4242])
         n = int(cfg.clip_s * SR)

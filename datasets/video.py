@@ -14,7 +14,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from tympan.datasets.audio import DecodeError, Decoded, MediaInfo, Source, resample_margin
+from tympan.datasets.media import DecodeError, Decoded, MediaInfo, Source, resample_margin
 
 # Targets further apart than this are reached by a new seek instead of decoding every frame
 # in between (a seek costs about one GOP of decoding; typical GOPs are 0.5-10 s).

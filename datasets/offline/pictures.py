@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tympan.datasets.offline_speech import OfflineToolError
+from tympan.datasets.offline.speech import OfflineToolError
 
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
 EMOJI_PACKAGE = "fonts-noto-color-emoji"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 from tympan.datasets import storage
-from tympan.datasets.format_common import (IngestReport, MediaIndex, MetadataError, csv_rows,
+from tympan.datasets.formats.common import (IngestReport, MediaIndex, MetadataError, csv_rows,
                                            list_relative, parse_float, parse_int, read_json)
 from tympan.datasets.manifest import make_row
 

@@ -1,8 +1,8 @@
-"""Downstream tasks built from real recordings in Debian packages (:mod:`offline_debian`).
+"""Downstream tasks built from real recordings in Debian packages (:mod:`debian`).
 
 They mirror the recorded tasks of Tagliasacchi et al. 2020 (arXiv 1905.11796: LibriSpeech
 speaker id, MUSAN speech/music/noise, TUT acoustic scenes, bird audio detection, VoxForge
-language id) with the leakage factor of each held out (VoxForge language id is ``offline_synth_tasks``'
+language id) with the leakage factor of each held out (VoxForge language id is ``synth_tasks``'
 ``language_id``, whose extra test split ``test_human`` of real speech comes from here:
 :func:`human_language_examples`):
 
@@ -23,14 +23,14 @@ import hashlib
 import logging
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tympan.datasets.offline_debian import Recording, recordings
-from tympan.datasets.offline_mix import add_event, chain_to, crop_to, loop_to, normalise
-from tympan.datasets.offline_tasks import TaskExample, TaskInfo, write_task
+from tympan.datasets.offline.debian import Recording, recordings
+from tympan.datasets.offline.mix import add_event, chain_to, crop_to, loop_to, normalise
+from tympan.datasets.offline.tasks import TaskExample, TaskInfo, write_task
+from tympan.datasets.offline.scales import RecordedScale
 
 SR = 16000
 log = logging.getLogger(__name__)
@@ -62,31 +62,6 @@ NON_BIRD_BEDS = ("rain", "traffic", "industry", "market", "harbour", "residentia
 EVENT_GLOBS = {"megaglest-data": [f"{MG}/tilesets/*/sounds/wolf.wav", f"{MG}/tilesets/*/sounds/mudchute_cow_1.ogg"],
                "tuxpaint-stamps-default": [f"{TP}/animals/mammals/*.ogg"]}
 BIRD_GLOB = f"{TP}/animals/birds/*.ogg"
-
-
-@dataclass(frozen=True)
-class RecordedScale:
-    clip_s: float = 5.0
-    music_files: int | None = None       # music tracks per package (None: all)
-    speech_files: int | None = None      # speech recordings per package/language
-    scene_clips: tuple[int, int, int] = (8, 6, 6)   # clips per bed in train, valid, test
-    bird_clips: int = 4                  # positive clips per bird take (and as many negatives)
-    smn_clips: tuple[int, int, int] = (40, 12, 30)  # clips per class and split
-    lid_human_per_lang: int = 6          # real-speech test clips per language
-    packages: tuple[str, ...] = ()
-
-
-SCALES = {
-    "small": RecordedScale(music_files=4, speech_files=40, scene_clips=(6, 4, 4), bird_clips=6,
-                           smn_clips=(30, 10, 20), lid_human_per_lang=6,
-                           packages=("hedgewars-data", "ktuberling-data", "lincity-ng-data", "megaglest-data",
-                                     "tuxpaint-stamps-default", "wesnoth-1.16-music")),
-    "full": RecordedScale(music_files=None, speech_files=None, scene_clips=(30, 10, 20), bird_clips=12,
-                          smn_clips=(300, 60, 150), lid_human_per_lang=40,
-                          packages=("hedgewars-data", "ktuberling-data", "lincity-ng-data", "megaglest-data",
-                                    "tuxpaint-stamps-default", "wesnoth-1.16-music", "supertux-data",
-                                    "widelands-data")),
-}
 
 
 def _hash01(*parts: object) -> float:
@@ -317,13 +292,11 @@ def human_language_examples(cache: Path | None, languages: tuple[str, ...], scal
 
 # ---- all ------------------------------------------------------------------------------
 
-def build_recorded_tasks(out_dir: str | os.PathLike, scale: str = "small", seed: int = 0,
+def build_recorded_tasks(out_dir: str | os.PathLike, scale: RecordedScale, seed: int = 0,
                          cache_dir: str | os.PathLike | None = None,
                          only: tuple[str, ...] | None = None) -> list[TaskInfo]:
     """Build the recorded-audio tasks under ``out_dir`` (``tasks/<name>`` + ``manifests/``)."""
-    if scale not in SCALES:
-        raise ValueError(f"scale={scale!r} unknown; choose one of {sorted(SCALES)}")
-    s, cache = SCALES[scale], Path(cache_dir) if cache_dir else None
+    s, cache = scale, Path(cache_dir) if cache_dir else None
     specs = [
         ("speaker_id", lambda: speaker_examples(cache, s, seed), "phrase",
          "which of the hedgewars voice actors speaks a phrase; test phrases unseen in train"),

@@ -2,8 +2,8 @@
 
 They mirror four of the eight downstream tasks of Tagliasacchi et al. 2020 (arXiv 1905.11796):
 Speech Commands, VoxForge language id, NSynth instrument family and NSynth pitch, rendered with
-espeak-ng (:mod:`offline_speech`) and General-MIDI sample sets (:mod:`offline_music`), and
-written with :func:`offline_tasks.write_task`, which refuses splits that share a group.
+espeak-ng (:mod:`speech`) and General-MIDI sample sets (:mod:`music`), and
+written with :func:`tasks.write_task`, which refuses splits that share a group.
 
 | task              | classes                | split disjoint by (group)                        |
 |-------------------|------------------------|--------------------------------------------------|
@@ -16,7 +16,7 @@ Keyword clips are 1 s (as in Speech Commands) with room reverb and coloured nois
 clips are 5 s; notes are 4 s at full scale as in NSynth (2 s at small). Every example keeps
 its transcript / program / note in ``meta``. Issue 4 also asks language id for a harder test split
 of real human speech; :func:`offline.build_offline` passes it in as ``language_extra``
-(``{"test_human": offline_recorded_tasks.human_language_examples(...)}``) once the Debian
+(``{"test_human": recorded_tasks.human_language_examples(...)}``) once the Debian
 recordings are fetched.
 """
 
@@ -25,16 +25,16 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tympan.datasets.offline_music import (FAMILIES, FAMILY_RANGE, GM_FAMILY, available_programs,
+from tympan.datasets.offline.music import (FAMILIES, FAMILY_RANGE, GM_FAMILY, available_programs,
                                            render_note)
-from tympan.datasets.offline_speech import OfflineToolError, Utterance, list_variants, speak_many, trim_silence
-from tympan.datasets.offline_synth_mix import add_noise, fit_length, reverberate
-from tympan.datasets.offline_tasks import TaskExample, TaskInfo, write_task
+from tympan.datasets.offline.speech import OfflineToolError, Utterance, list_variants, speak_many, trim_silence
+from tympan.datasets.offline.mix import add_noise, fit_length, reverberate
+from tympan.datasets.offline.tasks import TaskExample, TaskInfo, write_task
+from tympan.datasets.offline.scales import SynthScale
 
 SR = 16000
 log = logging.getLogger(__name__)
@@ -69,29 +69,6 @@ _WORDS = {
           "bun azi mâine mereu foarte puțin școală prieten mamă tată carte masă fereastră",
     "ru": "дом собака кошка вода хлеб молоко день ночь солнце луна зелёный красный синий "
           "большой маленький хороший сегодня завтра всегда очень мало школа друг мать отец книга",
-}
-
-
-@dataclass(frozen=True)
-class SynthScale:
-    """Sizes of the synthesized tasks at one scale (voices / soundfont programs per split)."""
-    kw_voices: tuple[int, int, int]        # train, valid, test voices; each says every keyword
-    kw_takes: int                          # times each train voice says each word
-    lid_voices: tuple[int, int, int]       # train, valid, test variants (all languages each)
-    lid_takes: int                         # utterances per (train variant, language)
-    note_s: float                          # note clip length
-    fam_per_class: tuple[int, int, int]    # instrument_family examples per family and split
-    pitch_range: tuple[int, int]           # MIDI notes (inclusive) of the pitch task
-    pitch_per_class: tuple[int, int, int]
-
-
-SCALES = {
-    "small": SynthScale(kw_voices=(8, 3, 4), kw_takes=1, lid_voices=(8, 2, 3), lid_takes=2,
-                        note_s=2.0, fam_per_class=(24, 4, 12), pitch_range=(48, 71),
-                        pitch_per_class=(8, 2, 4)),
-    "full": SynthScale(kw_voices=(60, 10, 20), kw_takes=3, lid_voices=(60, 10, 20), lid_takes=4,
-                       note_s=4.0, fam_per_class=(300, 30, 60), pitch_range=(36, 95),
-                       pitch_per_class=(40, 6, 12)),
 }
 
 
@@ -249,21 +226,19 @@ def _note_examples(scale: SynthScale, seed: int, task: str) -> list[TaskExample]
 SYNTH_TASKS = ("keywords", "language_id", "instrument_family", "pitch")
 
 
-def build_synth_tasks(out_dir: str | Path, scale: str = "small", seed: int = 0,
+def build_synth_tasks(out_dir: str | Path, scale: SynthScale, seed: int = 0,
                       cache_dir: str | Path | None = None, *, only: tuple[str, ...] | None = None,
                       language_extra: dict[str, list[TaskExample]] | None = None) -> list[TaskInfo]:
     """Build the four synthesized tasks under ``out_dir`` (``tasks/<name>`` + ``manifests/``).
 
     ``only``: build just these of ``SYNTH_TASKS``. ``language_extra``: extra test splits of
-    ``language_id`` (e.g. ``{"test_human": [...]}``, see :func:`offline_tasks.write_task`).
+    ``language_id`` (e.g. ``{"test_human": [...]}``, see :func:`tasks.write_task`).
     ``cache_dir`` is accepted for symmetry with the recorded-audio builders; synthesis needs
     none (the tools and soundfonts are Debian packages on disk). Deterministic for a seed."""
-    if scale not in SCALES:
-        raise ValueError(f"scale={scale!r} unknown; choose one of {sorted(SCALES)}")
     unknown = set(only or ()) - set(SYNTH_TASKS)
     if unknown:
         raise ValueError(f"only={sorted(unknown)} unknown; synthesized tasks are {SYNTH_TASKS}")
-    s = SCALES[scale]
+    s = scale
     infos = []
     specs = [
         ("keywords", lambda: keyword_examples(s, seed), "voice (espeak accent+variant)",

@@ -13,7 +13,7 @@ need pictures that match sounds. Offline, three kinds of clips provide them:
 | tuxpaint_name    | tuxpaint-stamps-default photo cut-out | a real person saying its name (12 languages) |
 
 Each clip places the picture on a random background at a random scale and position, drifting
-(:mod:`offline_pictures`). Objects, not clips, are split: valid/test objects never appear in
+(:mod:`pictures`). Objects, not clips, are split: valid/test objects never appear in
 train. Output under ``out_dir``::
 
     av/clips/<split>/<clip_id>.mp4       H.264 (yuv420p) + AAC mono 16 kHz
@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -38,26 +37,12 @@ import numpy as np
 from PIL import Image
 
 from tympan.datasets.manifest import make_row, write_manifest
-from tympan.datasets.offline_av_objects import AVObject, catalogue, clip_audio, picture_of
-from tympan.datasets.offline_pictures import FrameParams, render_frame, sample_params
+from tympan.datasets.offline.av_objects import AVObject, catalogue, clip_audio, picture_of
+from tympan.datasets.offline.pictures import FrameParams, render_frame, sample_params
+from tympan.datasets.offline.scales import AVScale
 
 SR = 16000
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AVScale:
-    clip_s: float              # clip duration
-    fps: int
-    clips_per_object: int
-    tuxpaint_objects: int      # 0: every usable stamp
-    images_per_object: tuple[int, int, int]   # train, valid, test renders per image class
-
-
-SCALES = {"small": AVScale(clip_s=2.0, fps=8, clips_per_object=2, tuxpaint_objects=24,
-                           images_per_object=(4, 1, 1)),
-          "full": AVScale(clip_s=4.0, fps=12, clips_per_object=4, tuxpaint_objects=0,
-                          images_per_object=(30, 5, 5))}
 
 
 def write_mp4(path: str | Path, frames: list[np.ndarray], fps: int, audio: np.ndarray) -> None:
@@ -101,14 +86,12 @@ def split_objects(rng: np.random.Generator, objects: list[AVObject]) -> dict[str
     return out
 
 
-def build_av_corpus(out_dir: str | Path, scale: str = "small", seed: int = 0,
+def build_av_corpus(out_dir: str | Path, scale: AVScale, seed: int = 0,
                     cache_dir: str | Path | None = None, *,
                     sources: tuple[str, ...] = ("emoji", "tuxpaint")) -> dict:
     """Build the AV clips, their manifest and the image set. Deterministic for a seed; a rerun
     keeps clips already written. Returns a summary dict (paths, counts, skipped clips)."""
-    if scale not in SCALES:
-        raise ValueError(f"scale={scale!r} unknown; choose one of {sorted(SCALES)}")
-    cfg = SCALES[scale]
+    cfg = scale
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     rng = np.random.default_rng([seed, 5])

@@ -6,7 +6,7 @@ Three independent sample sets ship in Debian main (ANCHORS.md section 8):
 |------------|-----------------------|------------------------------|------------------------------|
 | ``fluidr3``  | fluid-soundfont-gm    | SoundFont 2 (FluidR3_GM.sf2) | fluidsynth (pyfluidsynth)    |
 | ``timgm6mb`` | timgm6mb-soundfont    | SoundFont 2 (TimGM6mb.sf2)   | fluidsynth (pyfluidsynth)    |
-| ``freepats`` | freepats              | GUS patches (``*.pat``)      | ``offline_gus`` (fluidsynth reads no GUS patches) |
+| ``freepats`` | freepats              | GUS patches (``*.pat``)      | ``gus`` (fluidsynth reads no GUS patches) |
 
 FluidR3 is the training set; TimGM6mb and FreePats are held out for test splits. FreePats only
 has 72 melodic programs (61 of them in an NSynth family): :func:`available_programs` says which.
@@ -44,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tympan.datasets import offline_gus
-from tympan.datasets.offline_speech import OfflineToolError
+from tympan.datasets.offline import gus
+from tympan.datasets.offline.speech import OfflineToolError
 
 SAMPLE_RATE = 16000
 FAMILIES = ("bass", "brass", "flute", "guitar", "keyboard", "mallet", "organ", "reed", "string",
@@ -222,7 +222,7 @@ def render_note(program: int, pitch: int, velocity: int = 100, duration_s: float
         progs = _freepats_programs()
         if program not in progs:
             raise ValueError(f"program {program} is not in FreePats; see available_programs()")
-        x = offline_gus.play_note(progs[program], pitch, velocity, hold, duration_s, SAMPLE_RATE)
+        x = gus.play_note(progs[program], pitch, velocity, hold, duration_s, SAMPLE_RATE)
     else:
         x = _fluid(soundfont).render([(0.0, hold, pitch, velocity)], program, n)
     return _normalise(x, what)
@@ -255,7 +255,7 @@ def render_melody(rng: np.random.Generator, program: int, soundfont: str = "flui
         x = np.zeros(n, dtype=np.float32)
         for on, off, p, v in events:
             k = int(on * SAMPLE_RATE)
-            note = offline_gus.play_note(progs[program], p, v, off - on, duration_s - on)
+            note = gus.play_note(progs[program], p, v, off - on, duration_s - on)
             x[k: k + note.size] += note[: n - k]
     else:
         x = _fluid(soundfont).render(events, program, n)

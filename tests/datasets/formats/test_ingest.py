@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tympan.datasets.format_common import MetadataError
-from tympan.datasets.formats import INGESTERS, ingest, missing_list_uri
+from tympan.datasets.formats.common import MetadataError
+from tympan.datasets.formats.registry import INGESTERS, ingest, missing_list_uri
 from tympan.datasets.manifest import read_manifest
 
 

@@ -12,25 +12,16 @@ import pytest
 import soundfile as sf
 
 from tympan.datasets.manifest import read_manifest
-from tympan.datasets.offline_tasks import TaskError, TaskExample, write_task
+from tympan.datasets.offline.tasks import TaskError, TaskExample, write_task
 
 RECORDED = ("speaker_id", "speech_music_noise", "scenes", "bird_detection")
 SYNTH = ("keywords", "language_id", "instrument_family", "pitch")
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
-    from tympan.datasets.offline import build_offline
-    out = tmp_path_factory.mktemp("offline")
-    report = build_offline(out, scale="small", seed=0)
-    return out, report
+def build(offline_small):
+    return offline_small
 
-
-def _rows(out: Path, task: str) -> list[dict]:
-    rows = read_manifest(out / "manifests" / f"{task}.parquet")
-    for r in rows:
-        r["meta"] = json.loads(r["meta"])
-    return rows
 
 
 def test_build_writes_every_task_and_table(build):
@@ -74,11 +65,11 @@ def test_hear_task_folders(build):
         assert info.duration <= meta["sample_duration"] + 1e-3
 
 
-def test_splits_disjoint_by_group(build):
+def test_splits_disjoint_by_group(build, task_rows):
     out, report = build
     for t in report["tasks"]:
         groups: dict[str, set] = {s: set() for s in ("train", "valid", "test", *t["extra_splits"])}
-        for r in _rows(out, t["name"]):
+        for r in task_rows(out, t["name"]):
             groups[r["split"]].add(r["meta"]["group"])
         assert groups["train"] and groups["test"], t["name"]
         assert not groups["train"] & groups["test"], t["name"]
@@ -88,33 +79,33 @@ def test_splits_disjoint_by_group(build):
             assert groups[extra] and not (groups["train"] | groups["valid"]) & groups[extra], (t["name"], extra)
 
 
-def test_speech_music_noise_packages_disjoint(build):
+def test_speech_music_noise_packages_disjoint(build, task_rows):
     out, _ = build
     pkgs = {s: set() for s in ("train", "valid", "test")}
-    for r in _rows(out, "speech_music_noise"):
+    for r in task_rows(out, "speech_music_noise"):
         pkgs[r["split"]] |= {p["package"] for p in r["meta"]["provenance"]}
     assert not pkgs["train"] & pkgs["test"] and not pkgs["valid"] & (pkgs["train"] | pkgs["test"])
 
 
-def test_labels_consistent_with_sources(build):
+def test_labels_consistent_with_sources(build, task_rows):
     out, _ = build
-    from tympan.datasets.offline_recorded_tasks import SCENE_BEDS
-    for r in _rows(out, "speaker_id"):
+    from tympan.datasets.offline.recorded_tasks import SCENE_BEDS
+    for r in task_rows(out, "speaker_id"):
         (p,) = r["meta"]["provenance"]
         assert p["package"] == "hedgewars-data" and f"/voices/{r['labels'][0]}/" in p["path"]
     roles = {"speech": r"/voices/|/ktuberling/sounds/|/units/.*_(ack|select)", "music": r"/[Mm]usic/",
              "noise": r"lincity-ng/sounds/|/tilesets/|/stamps/(vehicles|household|town|naturalforces)/"}
-    for r in _rows(out, "speech_music_noise"):
+    for r in task_rows(out, "speech_music_noise"):
         for p in r["meta"]["provenance"]:
             assert re.search(roles[r["labels"][0]], p["path"]), (r["labels"], p["path"])
-    for r in _rows(out, "scenes"):
+    for r in task_rows(out, "scenes"):
         pkg, pattern = SCENE_BEDS[r["labels"][0]]
         assert r["meta"]["bed"].startswith(pkg + ":") and re.fullmatch(pattern, r["meta"]["bed"].split(":", 1)[1])
-    for r in _rows(out, "bird_detection"):
+    for r in task_rows(out, "bird_detection"):
         has_bird = any("/animals/birds/" in p["path"] or "/animals/bird" in p["path"]
                        for p in r["meta"]["provenance"])
         assert has_bird == (r["labels"] == ["bird"]), r["clip_id"]
-    lid = _rows(out, "language_id")
+    lid = task_rows(out, "language_id")
     human = [r for r in lid if r["split"] == "test_human"]
     assert {r["labels"][0] for r in human} == {r["labels"][0] for r in lid if r["split"] == "test"}
     for r in human:
@@ -155,8 +146,9 @@ def test_pretraining_free_of_test_side_sources(build):
     out, report = build
     held, held_variants = _held_out(out)
     assert len(held) > 100 and held_variants
-    from tympan.datasets.offline import _recorded_pools
-    candidates = {r.source_id for rs in _recorded_pools(None, "small").values() for r in rs}
+    from tympan.datasets.offline.build import _recorded_pools
+    from tympan.datasets.offline.scales import SCALES
+    candidates = {r.source_id for rs in _recorded_pools(None, SCALES["small"].recorded).values() for r in rs}
     assert len(candidates & held) > 10       # the exclusion has real work to do
     clips = [c for s in report["pretrain"]["shards"] for c in iter_shard(s)]
     assert len(clips) == report["pretrain"]["clips"]
@@ -173,7 +165,7 @@ def test_pretraining_free_of_test_side_sources(build):
 
 
 def test_on_the_fly_generation_is_deterministic(build):
-    from tympan.datasets.offline_pretrain import PretrainMixer
+    from tympan.datasets.offline.pretrain import PretrainMixer
     from tympan.datasets.shards import iter_shard
     out, report = build
     mixer = PretrainMixer.from_build(out)
@@ -197,7 +189,7 @@ def test_rerun_skips_completed_parts_and_cli(build, capsys):
 
 
 def test_debian_provenance_and_dedup():
-    from tympan.datasets.offline_debian import recordings
+    from tympan.datasets.offline.debian import recordings
     recs = recordings(None, "megaglest-data", ["usr/share/games/megaglest/tilesets/*/sounds/*"])
     assert len({r.sha1 for r in recs}) == len(recs)
     assert any(r.aliases for r in recs)      # tilesets share identical files (e.g. wolf.wav)
@@ -209,7 +201,7 @@ def test_debian_provenance_and_dedup():
 
 
 def test_missing_debian_package_names_it(tmp_path):
-    from tympan.datasets.offline_debian import DebianSourceError, ensure_packages
+    from tympan.datasets.offline.debian import DebianSourceError, ensure_packages
     with pytest.raises(DebianSourceError, match="tympan-no-such-package"):
         ensure_packages(["tympan-no-such-package"], tmp_path)
 
@@ -232,7 +224,7 @@ def test_task_writer_refuses_leaky_or_unseen(tmp_path):
 
 
 def test_task_writer_extra_test_split(tmp_path):
-    from tympan.datasets.offline_tasks import read_task_info, write_tasks_table
+    from tympan.datasets.offline.tasks import read_task_info, write_tasks_table
     ex = [TaskExample(f"a{i}", _tone(300 + 500 * (i % 2)), f"c{i % 2}", s, f"g{i}", {})
           for i, s in enumerate(["train"] * 6 + ["test"] * 2)]
     # the extra split: every clip sounds like c1 (800 Hz) but two are labelled c0, so the same
@@ -269,7 +261,7 @@ def test_task_writer_extra_test_split(tmp_path):
 
 
 def test_markers_of_an_older_layout_are_dropped(tmp_path, capsys):
-    from tympan.datasets.offline import LAYOUT, _check_layout
+    from tympan.datasets.offline.build import LAYOUT, _check_layout
     (tmp_path / ".completed").mkdir()
     (tmp_path / ".completed" / "recorded_tasks").write_text("{}")   # layout 1: no _layout tag
     (tmp_path / "tasks" / "language_id_human").mkdir(parents=True)
