@@ -40,6 +40,16 @@ def _cmd_data_ingest(args: argparse.Namespace) -> int:
             print("tympan data ingest: --full-videos applies to audioset only", file=sys.stderr)
             return 2
         options["full_videos"] = True
+    spectra = {"time_column": args.time_column, "bands": args.bands,
+               "sensor_column": args.sensor_column, "period_s": args.period}
+    given = [k for k, v in spectra.items() if v is not None] + (["split"] if args.split_by_sensor else [])
+    if given and args.format != "spectra":
+        print(f"tympan data ingest: {', '.join(given)} apply to spectra, not {args.format}", file=sys.stderr)
+        return 2
+    if args.format == "spectra":
+        options.update({k: v for k, v in spectra.items() if v is not None})
+        if args.split_by_sensor:
+            options["split"] = "by-sensor"
     try:
         report = ingest(args.format, args.src, args.out, media=args.media, **options)
     except (MetadataError, StorageError) as e:
@@ -126,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     ing = dsub.add_parser("ingest", help="a corpus in its own format -> clip manifest (Parquet)")
     ing.add_argument("format", choices=["audioset", "esc50", "speechcommands", "nsynth", "vggsound",
-                                        "hear", "folder"])
+                                        "hear", "folder", "spectra"])
     ing.add_argument("src", help="corpus directory or URI prefix")
     ing.add_argument("--out", required=True, help="manifest path (.parquet)")
     ing.add_argument("--media", default=None, help="media root; default: SRC (esc50, nsynth: SRC/audio)")
@@ -136,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "start_ms, end_ms, start_06); default: the common layouts")
     ing.add_argument("--full-videos", action="store_true",
                      help="audioset media are whole videos: cut the segment window")
+    ing.add_argument("--time-column", default=None, help="spectra: the timestamp column (default: time/timestamp/date)")
+    ing.add_argument("--bands", default=None,
+                     help="spectra: band columns, a comma list or a regex whose first group is the centre frequency in Hz")
+    ing.add_argument("--sensor-column", default=None, help="spectra: sensor id column (default: the file name)")
+    ing.add_argument("--period", type=float, default=None, help="spectra: frame period in s (default 0.125)")
+    ing.add_argument("--split-by-sensor", action="store_true",
+                     help="spectra: assign whole sensors to train/valid/test (80/10/10 by a stable hash)")
     ing.set_defaults(func=_cmd_data_ingest)
 
     sh = dsub.add_parser("shard", help="manifest -> WebDataset tar shards (16 kHz FLAC) on Ray")

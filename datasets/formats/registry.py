@@ -26,6 +26,7 @@ from tympan.datasets.formats.esc50 import ingest_esc50
 from tympan.datasets.formats.folder import ingest_folder
 from tympan.datasets.formats.hear import ingest_hear
 from tympan.datasets.formats.nsynth import ingest_nsynth
+from tympan.datasets.formats.spectra import ingest_spectra
 from tympan.datasets.formats.speechcommands import ingest_speechcommands
 from tympan.datasets.manifest import to_table, write_manifest
 
@@ -40,6 +41,7 @@ INGESTERS: dict[str, Ingester] = {
     "vggsound": ingest_vggsound,
     "hear": ingest_hear,
     "folder": ingest_folder,
+    "spectra": ingest_spectra,
 }
 # Formats whose media are fetched by the user from YouTube: list what is missing.
 _LIST_MISSING = ("audioset", "vggsound")
@@ -78,4 +80,8 @@ def ingest(fmt: str, src: str, out: str, media: str | None = None, **options: An
         report.missing_list = missing_list_uri(out)
         text = "".join(f"{c}\n" for c in report.missing_media)
         storage.write_bytes_atomic(report.missing_list, text.encode())
+    rejected = getattr(report, "rejected", None)
+    if rejected:            # malformed rows refused one by one (spectra): every one listed
+        report.rejected_list = f"{out.removesuffix('.parquet')}.rejected_rows.txt"
+        storage.write_bytes_atomic(report.rejected_list, "".join(f"{r}\n" for r in rejected).encode())
     return report
