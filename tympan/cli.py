@@ -26,6 +26,7 @@ def _not_built(what: str) -> Callable[[argparse.Namespace], int]:
 
 def _cmd_data_ingest(args: argparse.Namespace) -> int:
     from tympan.datasets.formats.registry import MetadataError, ingest
+    from tympan.datasets.manifest import ManifestError
     from tympan.datasets.storage import StorageError
 
     options = {}
@@ -50,9 +51,21 @@ def _cmd_data_ingest(args: argparse.Namespace) -> int:
         options.update({k: v for k, v in spectra.items() if v is not None})
         if args.split_by_sensor:
             options["split"] = "by-sensor"
+    if args.split is not None:
+        if args.format != "nsynth":
+            print(f"tympan data ingest: --split applies to nsynth, not {args.format}",
+                  file=sys.stderr)
+            return 2
+        options["split"] = args.split
+    if args.allow_missing_lists:
+        if args.format != "speechcommands":
+            print("tympan data ingest: --allow-missing-lists applies to speechcommands only",
+                  file=sys.stderr)
+            return 2
+        options["allow_missing_lists"] = True
     try:
         report = ingest(args.format, args.src, args.out, media=args.media, **options)
-    except (MetadataError, StorageError) as e:
+    except (MetadataError, ManifestError, StorageError) as e:
         print(f"tympan data ingest: {e}", file=sys.stderr)
         return 1
     print(report.summary())
@@ -153,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--period", type=float, default=None, help="spectra: frame period in s (default 0.125)")
     ing.add_argument("--split-by-sensor", action="store_true",
                      help="spectra: assign whole sensors to train/valid/test (80/10/10 by a stable hash)")
+    ing.add_argument("--split", choices=["train", "valid", "test"], default=None,
+                     help="nsynth: the split of a single folder whose name does not tell it "
+                          "(default: from nsynth-train/valid/test)")
+    ing.add_argument("--allow-missing-lists", action="store_true",
+                     help="speechcommands: accept a copy without validation_list.txt / "
+                          "testing_list.txt (their clips then go to 'train', with a warning)")
     ing.set_defaults(func=_cmd_data_ingest)
 
     sh = dsub.add_parser("shard", help="manifest -> WebDataset tar shards (16 kHz FLAC) on Ray")
