@@ -117,7 +117,8 @@ def nsynth_replica(parent: Path) -> dict[str, str]:
     return expected
 
 
-def hear_replica(task: Path, splits: dict[str, list[str]], *, event: bool = False) -> dict[str, str]:
+def hear_replica(task: Path, splits: dict[str, list[str]], *,
+                 event: bool = False) -> dict[str, str]:
     """A HEAR 2021 task folder; splits: name -> wav names. Returns clip id -> split."""
     task.mkdir(parents=True)
     meta = {"task_name": task.name, "version": "hear2021", "sample_duration": 1.0,
@@ -168,7 +169,8 @@ def test_hear_bad_event_start_names_file_clip_and_field(tmp_path, capsys):
     task = tmp_path / "dcase2016_task2"
     hear_replica(task, {"train": ["x.wav"], "valid": ["y.wav"], "test": ["z.wav"]}, event=True)
     (task / "train.json").write_text(json.dumps({"x.wav": [
-        {"label": "dog", "start": 0.0, "end": 50.0}, {"label": "rain", "start": "9OO", "end": 950}]}))
+        {"label": "dog", "start": 0.0, "end": 50.0},
+        {"label": "rain", "start": "9OO", "end": 950}]}))
     out = tmp_path / "h.parquet"
     rc, _, err = ingest_cli(capsys, "hear", str(task), "--out", str(out))
     assert rc == 1 and not out.exists()
@@ -214,8 +216,8 @@ def test_hear_undeclared_split_file_is_skipped_and_listed(tmp_path, capsys):
     rc, text, _ = ingest_cli(capsys, "hear", str(task), "--out", str(out))
     assert rc == 0 and "skipped: 1" in text and "fold05.json" in text
     assert_accounted(out, expected)
-    assert lists(out)[1] == {str(task / "fold05.json"): "not a split declared in "
-                             "task_metadata.json ['fold00', 'fold01', 'fold02', 'fold03', 'fold04']"}
+    assert lists(out)[1] == {str(task / "fold05.json"): "not a split declared in task_metadata"
+                             ".json ['fold00', 'fold01', 'fold02', 'fold03', 'fold04']"}
 
 
 # ---- 4. Speech Commands: the split lists are required ---------------------------------------
