@@ -97,13 +97,18 @@ class IngestReport:
         if self.dropped_labels:
             lines.append("  dropped labels: " + ", ".join(
                 f"{k} x{v}" for k, v in sorted(self.dropped_labels.items())))
-        for w in self.warnings[:10]:
-            lines.append(f"  warning: {w}")
-        if len(self.warnings) > 10:
-            lines.append(f"  ... and {len(self.warnings) - 10} more warnings")
+        lines += first_of(self.warnings, "  warning: ", "warnings")
         if self.manifest:
             lines.append(f"  manifest: {self.manifest}")
         return "\n".join(lines)
+
+
+def first_of(items: Sequence[str], prefix: str, noun: str, n: int = 10) -> list[str]:
+    """Report lines for the first ``n`` items, then how many more there are."""
+    out = [f"{prefix}{x}" for x in items[:n]]
+    if len(items) > n:
+        out.append(f"  ... and {len(items) - n} more {noun}")
+    return out
 
 
 def read_text(uri: str) -> str:

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from tympan.datasets import storage
-from tympan.datasets.formats.common import IngestReport, MetadataError, list_relative
+from tympan.datasets.formats.common import IngestReport, MetadataError, first_of, list_relative
 from tympan.datasets.manifest import make_row
 from tympan.datasets.thirdoctave import CENTRES_HZ, N_BANDS, NOMINAL_HZ
 
@@ -76,10 +76,7 @@ class SpectraReport(IngestReport):
                  f"  gaps {self.gaps} ({self.gap_hours:.2f} h)"]
         if self.dropped:
             lines.append("  rows dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
-        for r in self.rejected[:10]:
-            lines.append(f"  refused {r}")
-        if len(self.rejected) > 10:
-            lines.append(f"  ... and {len(self.rejected) - 10} more refused rows")
+        lines += first_of(self.rejected, "  refused ", "refused rows")
         if self.rejected_list:
             lines.append(f"  refused rows listed in {self.rejected_list}")
         return "\n".join(lines)
