@@ -40,20 +40,21 @@ SMALL = {
 }
 # How each learns in the test: steps, and batch / lr where they differ from small_cfg's.
 # Measured at init seeds 0-2 and 1-2 threads (docs/methods.md "What the tests show"); the test
-# runs seed 0.
+# trains seed 0, or the seeds SEEDS names.
 LEARN = {"audio2vec-cbow": dict(steps=900, batch_size=32),
          "audio2vec-skipgram": dict(steps=600),
          "temporal-gap": dict(steps=300),
          "triplet": dict(steps=300),
          "cola": dict(steps=600, lr=3e-3)}
-# The least lead of the trained probe over both random-init baselines (learning.py): about half
-# the smallest margin measured at init seeds 0-2 x torch threads 1-2 (docs/methods.md, "What the
-# tests show"), and several times what a change of thread count moved it.
-MARGIN = {"audio2vec-cbow": 0.03, "audio2vec-skipgram": 0.03, "temporal-gap": 0.03,
+# The least lead of the trained probe over both random-init baselines (learning.py; the mean
+# over SEEDS where given): below every margin measured at torch threads 1 and 2 by more than a
+# change of thread count moved it (docs/methods.md, "What the tests show").
+MARGIN = {"audio2vec-cbow": 0.03, "audio2vec-skipgram": 0.02, "temporal-gap": 0.02,
           "triplet": 0.06, "cola": 0.05}
-# COLA's trained probe moves with the training path (0.87-0.99 over seeds and thread counts
-# here, 0.81 on one machine: docs/methods.md), so its verdict is the mean over three init seeds.
-SEEDS = {"cola": (0, 1, 2)}
+# COLA's and temporal-gap's trained probes move with the training path (a change of torch thread
+# count moved them by 0.05-0.06 at one seed; COLA fell to random init on one machine:
+# docs/methods.md), so their verdict is the mean margin over three init seeds.
+SEEDS = {"temporal-gap": (0, 1, 2), "cola": (0, 1, 2)}
 # The slice/crop span each sampler emits, per (full-size) default config.
 SPAN = {"audio2vec-cbow": 96, "audio2vec-skipgram": 96, "temporal-gap": 96, "triplet": 96, "cola": 96}
 
