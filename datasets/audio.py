@@ -2,8 +2,7 @@
 
 wav/flac/ogg/mp3 go through soundfile (libsndfile), which seeks to a window and reads only it;
 mp4/m4a/webm/mkv/mov go through PyAV (FFmpeg), which seeks near the window and decodes forward.
-Channels are averaged to mono; rates are converted with ``torchaudio.functional.resample``
-(windowed sinc). Sources are local paths, ``s3://`` or ``http(s)://`` URIs (see
+Channels are averaged to mono; rates are converted with libsoxr (:func:`resample`). Sources are local paths, ``s3://`` or ``http(s)://`` URIs (see
 :mod:`tympan.datasets.storage`), raw bytes, or binary file objects.
 
 Every failure raises :class:`DecodeError` whose ``reason`` is one of :data:`REASONS`, so the
@@ -25,8 +24,7 @@ from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
-import torch
-import torchaudio
+import soxr
 
 from tympan.datasets import storage
 from tympan.datasets.media import (AUDIO_EXTENSIONS, REASONS, VIDEO_EXTENSIONS, DecodeError, Decoded,
@@ -34,7 +32,7 @@ from tympan.datasets.media import (AUDIO_EXTENSIONS, REASONS, VIDEO_EXTENSIONS, 
 from tympan.datasets.video import decode_av_audio, decode_frames, probe_av
 
 __all__ = ["AUDIO_EXTENSIONS", "VIDEO_EXTENSIONS", "REASONS", "DecodeError", "MediaInfo", "Source",
-           "decode_audio", "decode_video_frames", "probe", "resample", "resample_margin"]
+           "decode_audio", "decode_video_frames", "downmix", "probe", "resample", "resample_margin"]
 
 def _extension(source: Source, ext: str | None) -> str:
     if ext:
@@ -98,32 +96,40 @@ def _check_window(source: Source, start_s: float | None, end_s: float | None) ->
         raise DecodeError(source, "bad_window", f"end_s={end_s} must be > start_s={start_s or 0.0}")
 
 
-# One resampler per rate pair and process: building the sinc kernel costs more than applying
-# it (~2.5x a whole 10 s clip at 44.1 kHz), and ingestion sees few distinct rates.
-_RESAMPLERS: dict[tuple[int, int], torchaudio.transforms.Resample] = {}
-# Above this many phases (rate / gcd) the sinc kernel table gets too big; see resample().
-_MAX_SINC_PHASES = 1000
-
-
 def resample(x: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """float32 [..., n] from ``orig_rate`` to ``new_rate`` with torchaudio's windowed-sinc
-    resampler (default lowpass_filter_width 6, rolloff 0.99); ceil(n * new / orig) samples."""
+    """float32 [..., n] from ``orig_rate`` to ``new_rate`` with libsoxr (``soxr.resample``,
+    quality "HQ": 20-bit, flat to 91 % of the lower Nyquist); round(n * new / orig) samples,
+    delay-compensated (output sample k is at time k / new_rate).
+
+    Why soxr: about 2 ms per 10 s clip for 44.1 -> 16 kHz on one core against ~4 ms for
+    torchaudio's windowed sinc (ANCHORS section 7), no kernel table to build or cache, and no
+    blow-up for nearly coprime rates (22254 -> 16000 Hz), which needed a separate polyphase path
+    with torchaudio. It is time-invariant on the grid both rates share: a piece that starts on
+    a multiple of ``orig_rate / gcd`` with :func:`resample_margin` samples either side gives
+    the matching samples of the whole signal resampled (to ~1e-7), which windowed decodes rely on.
+    """
     if orig_rate == new_rate:
         return x
-    g = math.gcd(orig_rate, new_rate)
-    if max(orig_rate, new_rate) // g > _MAX_SINC_PHASES:
-        # Nearly coprime rates (e.g. 22254 -> 16000 Hz, gcd 2): torchaudio's kernel has one
-        # row per output phase (8000 x ~100 taps here, GBs of intermediate memory on a long
-        # clip). A polyphase FIR evaluates only the phases it needs; same output length.
-        from scipy.signal import resample_poly
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        return soxr.resample(x, orig_rate, new_rate, quality="HQ")
+    flat = x.reshape(-1, x.shape[-1])                  # [channels, n]; soxr wants [n, channels]
+    y = soxr.resample(np.ascontiguousarray(flat.T), orig_rate, new_rate, quality="HQ")
+    return np.ascontiguousarray(y.T).reshape(*x.shape[:-1], -1)
 
-        return resample_poly(np.asarray(x, dtype=np.float32), new_rate // g, orig_rate // g,
-                             axis=-1).astype(np.float32, copy=False)
-    r = _RESAMPLERS.get((orig_rate, new_rate))
-    if r is None:
-        r = _RESAMPLERS[(orig_rate, new_rate)] = torchaudio.transforms.Resample(orig_rate, new_rate)
-    with torch.no_grad():
-        return r(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+def downmix(data: np.ndarray) -> np.ndarray:
+    """float32 [n, channels] -> [n], the channels' mean. Column sums instead of
+    ``data.mean(axis=1)``: numpy's reduction over a 2-wide inner axis costs ~7 ms for 10 s of
+    44.1 kHz stereo (more than decoding it), adding two strided columns ~0.3 ms. Same values:
+    float32 sum in channel order, then one division."""
+    if data.shape[1] == 1:
+        return data[:, 0]
+    out = data[:, 0] + data[:, 1]
+    for c in range(2, data.shape[1]):
+        out += data[:, c]
+    out /= np.float32(data.shape[1])
+    return out
 
 
 # libsndfile logs "data : <declared> (should be <present>)" for a WAV cut short; it then
@@ -162,7 +168,7 @@ def _to_rate(dec: Decoded, mono: np.ndarray, rate: int) -> np.ndarray:
     y = resample(mono[lo - dec.offset:hi - dec.offset], sr, rate)
     y0 = round(lo * rate / sr)                                            # file index of y[0]
     first = round(dec.start * rate / sr)
-    last = -(-dec.stop * rate // sr) if dec.to_end else round(dec.stop * rate / sr)
+    last = round(dec.stop * rate / sr)                   # soxr gives round(n * rate / sr) samples
     return y[first - y0:last - y0]
 
 
@@ -236,7 +242,7 @@ def decode_audio(source: Source, *, sample_rate: int = 16000, start_s: float | N
                 except DecodeError:
                     raise e from None
     data = dec.data
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    mono = downmix(data)
     out = np.ascontiguousarray(_to_rate(dec, mono, sample_rate), dtype=np.float32)
     if len(out) == 0:
         raise DecodeError(source, "empty", "no samples")

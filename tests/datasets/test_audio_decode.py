@@ -66,6 +66,43 @@ def test_window_equals_slice_of_full_decode(media_dir, name, window):
     np.testing.assert_allclose(part, full[i:i + len(part)], atol=1e-4)
 
 
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 22254, 32000, 44100, 48000, 96000])
+def test_windows_of_noise_match_full_decode_at_every_rate(tmp_path, kit, rate):
+    # White noise has energy up to Nyquist, so a missing filter margin shows (~1e-3 errors,
+    # a tone hides them); 22254 Hz is nearly coprime with 16 kHz (shared grid every 11127).
+    noise = (0.3 * np.random.default_rng(rate).standard_normal(3 * rate)).astype(np.float32)
+    path = str(kit.write_audio(tmp_path / "noise.wav", noise, rate))
+    full = decode_audio(path)
+    assert len(full) == round(3 * rate * 16000 / rate)
+    for start, end in [(0.0, 0.3), (0.61, 1.37), (1.2345, None), (2.5, 2.75)]:
+        part = decode_audio(path, start_s=start, end_s=end)
+        i = round(round(start * rate) * 16000 / rate)     # the window starts on a native sample
+        # native-rate rounding of the window's ends moves its length by at most one sample
+        assert abs(len(part) - (len(full) - i if end is None else round(end * 16000) - i)) <= 1
+        np.testing.assert_allclose(part, full[i:i + len(part)], atol=2e-6, err_msg=str((start, end)))
+
+
+@pytest.mark.parametrize("orig,new", [(44100, 16000), (48000, 16000), (8000, 16000), (16000, 44100)])
+def test_resample_keeps_tone_phase_and_length(orig, new):
+    # Delay-compensated: output sample k is at time k / new, so a resampled tone equals the tone
+    # sampled at the new rate (away from the edges, where the filter sees zeros).
+    t_in, t_out = np.arange(2 * orig) / orig, np.arange(2 * new) / new
+    y = audio.resample(np.sin(2 * np.pi * 997 * t_in).astype(np.float32), orig, new)
+    assert y.dtype == np.float32 and y.shape == (2 * new,)
+    np.testing.assert_allclose(y[300:-300], np.sin(2 * np.pi * 997 * t_out[300:-300]), atol=2e-3)
+    stereo = np.stack([np.sin(2 * np.pi * 997 * t_in), np.zeros_like(t_in)]).astype(np.float32)
+    both = audio.resample(stereo, orig, new)          # [..., n]: channels first
+    assert both.shape == (2, 2 * new)
+    np.testing.assert_allclose(both[0], y, atol=1e-6)
+    assert np.abs(both[1]).max() < 1e-6
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 6])
+def test_downmix_is_the_channel_mean(channels):
+    x = np.random.default_rng(channels).standard_normal((1001, channels)).astype(np.float32)
+    np.testing.assert_allclose(audio.downmix(x), x.mean(axis=1), rtol=1e-6, atol=1e-7)
+
+
 class CountingReader(io.BytesIO):
     def __init__(self, data: bytes):
         super().__init__(data)
