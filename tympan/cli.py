@@ -116,6 +116,31 @@ def _cmd_data_offline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_data(args: argparse.Namespace) -> int:
+    from tympan.distributed.bench import (REQUIRED_KEYS, BenchDataConfig, run_bench_data, to_json,
+                                          write_markdown)
+
+    cpus = tuple(int(c) for c in args.cpus.split(",")) if args.cpus else ()
+    res = run_bench_data(BenchDataConfig(quick=args.quick, cpus=cpus, offline=args.offline,
+                                         work=args.work, repeats=args.repeats))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(to_json(res))
+    md = args.out or (None if args.quick else "docs/benchmarks.md")
+    if md:
+        flags = [f"--cpus {args.cpus}" if args.cpus else "", f"--offline {args.offline}" if args.offline
+                 else "", f"--repeats {args.repeats}" if args.repeats else ""]
+        write_markdown(res, md, " ".join(["tympan bench data", *filter(None, flags)]))
+    width = max(len(k) for k in REQUIRED_KEYS)
+    for k in REQUIRED_KEYS:
+        print(f"{k:<{width}}  {res[k]:.1f}")
+    for k, v in res["ratios"].items():
+        print(f"{k:<{width}}  {v:.2f}")
+    if md:
+        print(f"report: {md}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tympan.config import build
     from tympan.demo import DemoConfig, run_demo
@@ -225,9 +250,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks written to docs/benchmarks.md")
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
-    bsub.add_parser("data", help="data pipeline throughput").set_defaults(func=_not_built("bench data"))
-    bsub.add_parser("train", help="training throughput").set_defaults(func=_not_built("bench train"))
+    bd = _bench_command(bsub, "data", "data path throughput: per-core limit, DataLoader, Ray Data, "
+                        "sharding; memory of a 10x stream", _cmd_bench_data)
+    bd.add_argument("--cpus", default=None, help="N values, e.g. '1,2' (default: 1,2; quick: 2)")
+    bd.add_argument("--offline", default=None, metavar="DIR",
+                    help="a built offline corpus: the 1x/10x memory stream is its live mixer "
+                         "(default: more passes over the generated shards)")
+    bd.add_argument("--work", default=None, metavar="DIR",
+                    help="keep the generated WAVs and shards here (default: a temporary folder)")
+    bd.add_argument("--repeats", type=int, default=0,
+                    help="interleaved rounds, median kept (default 3; quick 1)")
+    _bench_command(bsub, "train", "training throughput", _not_built("bench train"))
     return p
+
+
+def _bench_command(bsub, name: str, help: str, func: Callable[[argparse.Namespace], int]
+                   ) -> argparse.ArgumentParser:
+    """One ``tympan bench NAME`` with the options every benchmark takes."""
+    b = bsub.add_parser(name, help=help)
+    b.add_argument("--quick", action="store_true", help="a small version (under 2 minutes)")
+    b.add_argument("--json", default=None, metavar="FILE", help="write every figure as JSON")
+    b.add_argument("--out", default=None, metavar="MD",
+                   help="markdown report (default: docs/benchmarks.md for a full run, none for --quick)")
+    b.set_defaults(func=func)
+    return b
 
 
 def main(argv: Sequence[str] | None = None) -> int:
