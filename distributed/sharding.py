@@ -1,20 +1,24 @@
-"""Manifest -> WebDataset shards on Ray Data, resumable; and inspection of a shard set.
+"""Manifest -> WebDataset shards on Ray, resumable; and inspection of a shard set.
 
 Plan: rows sorted by clip_id, cut into chunks of ``shard_size``; chunk i is ``shard-{i:06d}.tar``
 (stored in ``{out}/_plan.json`` so a rerun can check it is continuing the same job). Ray tasks
 encode pieces of up to 16 clips (:func:`encode_chunk`: decode with
 :func:`tympan.datasets.audio.decode_audio`, FLAC-encode, catching errors PER CLIP so a bad clip
-never loses its neighbours) and one writer task per shard concatenates its pieces with
-:func:`tympan.datasets.shards.write_shard` (temporary name, then rename). Before the rename the
-writer stores ``{out}/_meta/{shard}.json`` (counts, seconds, rejects), so "the final shard name
-exists" means "this shard and its rejects are complete" and a rerun skips it.
+never loses its neighbours); the task of a shard's last piece (:func:`finish_shard`) also
+concatenates all pieces with :func:`tympan.datasets.shards.write_shard` (temporary name, then
+rename). Before the rename it stores ``{out}/_meta/{shard}.json`` (counts, seconds, rejects),
+so "the final shard name exists" means "this shard and its rejects are complete" and a rerun
+skips it. At the end every ``_meta`` file is merged into ``{out}/rejects.parquet`` (clip_id,
+source, reason, message, shard) and ``{out}/_summary.json``.
 
-Why Ray tasks and pieces smaller than a shard (issue 9 point 6): with one Ray Data map task
-per shard, a 200-clip job in 4 shards on 2 cores ran at ~0.2x of two cores' plain-loop speed:
-each worker's first task imported torch (~3 s, for a resampler; now libsoxr), the tail waited
-on whole shards, and a job with fewer shards than cores used fewer cores. Pieces give every
-core ~4 tasks whatever the shard count; the writers take no CPU slot. At the end every ``_meta`` file is merged into ``{out}/rejects.parquet``
-(clip_id, source, reason, message, shard) and ``{out}/_summary.json``.
+Why Ray tasks on pieces smaller than a shard (issue 9 point 6): with one Ray Data map task per
+shard, a 200-clip job in 4 shards on 2 cores ran at ~0.2x of two cores' plain-loop speed. Each
+worker's first task imported torch (~1.5 s of CPU, for a resampler; now libsoxr), the tail
+waited on whole shards, a job with fewer shards than cores used fewer cores, and Ray's workers
+ran at nice 15, so on a shared machine they got a fraction of a core against a plain loop at
+nice 0. Pieces give every core ~4 tasks whatever the shard count; writing in the last piece's
+task keeps the job on one worker process per CPU; a cluster the command starts itself runs its
+workers at nice 0.
 
     summary = shard_manifest("esc50.parquet", "s3://bucket/esc50-shards", shard_size=256)
     print(format_summary(summary))
@@ -178,11 +182,15 @@ def encode_chunk(table_ref: list, lo: int, hi: int, cfg: ShardConfig
     return records, rejects, seconds
 
 
-def write_shard_from_chunks(name: str, out: str, fail: bool, *chunks) -> dict[str, Any]:
-    """Ray task: the encoded chunks of one shard, in order -> ``{out}/{name}`` and its sidecar
-    ``{out}/_meta/{name}.json`` (counts, seconds, rejects), the sidecar first so that "the
-    shard exists" means "its rejects are stored too". ``fail`` (testing only) raises before
-    anything is written, to simulate a job killed half-way."""
+def finish_shard(table_ref: list, lo: int, hi: int, cfg: ShardConfig, name: str, out: str,
+                 fail: bool, *chunks) -> dict[str, Any]:
+    """Ray task: encode the shard's last piece (rows ``[lo, hi)``), then write the whole shard
+    from it and the other pieces' results (``chunks``, resolved by Ray before this task
+    starts, so it never holds a CPU while waiting) to ``{out}/{name}``, with its sidecar
+    ``{out}/_meta/{name}.json`` (counts, seconds, rejects) first, so that "the shard exists"
+    means "its rejects are stored too". ``fail`` (testing only) raises before anything is
+    written, to simulate a job killed half-way."""
+    chunks = (*chunks, encode_chunk(table_ref, lo, hi, cfg))
     records = [r for recs, _, _ in chunks for r in recs]
     rejects = [dict(r, shard=name) for _, rej, _ in chunks for r in rej]
     seconds = sum(secs for _, _, secs in chunks)
@@ -253,37 +261,40 @@ def _write_parquet(uri: str, rows: list[dict[str, Any]]) -> None:
 
 def _run_shards(todo: list[dict[str, Any]], out: str, cfg: ShardConfig, table_ref: Any,
                 fail: set[str]) -> Iterable[dict[str, Any]]:
-    """Encode tasks (1 CPU, a chunk of clips each) feed one writer task per shard (0 CPU: it
-    only concatenates bytes and writes them, next to the encoders). Two shards, or ~4 encode
-    tasks per CPU, are in flight: the next shard's pieces keep the cores busy while a shard's
-    last pieces and its write finish, and encoded records wait in the object store for a few
-    shards at most. Yields each shard's counts as its writer finishes. On a failure, queued encode
-    tasks are cancelled and running writers finish before the error propagates, so what is
-    on disk afterwards does not change behind the caller's back."""
+    """One task per piece of a shard (1 CPU each); the task of the shard's last piece also
+    writes the shard (:func:`finish_shard`), so the job runs on exactly one worker process per
+    CPU: a separate writer task would need its own worker (Ray starts and imports one per
+    scheduling class), which cost as much CPU as the writing itself on a small job. Two shards,
+    or ~4 tasks per CPU, are in flight: the next shard's pieces keep the cores busy while a
+    shard's last piece waits for the others, and encoded records wait in the object store for a
+    few shards at most. Yields each shard's counts as it is written. On a failure, queued tasks
+    are cancelled and running ones finish before the error propagates, so what is on disk
+    afterwards does not change behind the caller's back."""
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     size = _chunk_size(sum(t["hi"] - t["lo"] for t in todo), cpus,
                        max(t["hi"] - t["lo"] for t in todo))
     encode = ray.remote(num_cpus=1)(encode_chunk)
-    writer = ray.remote(num_cpus=0)(write_shard_from_chunks)
-    writing: dict[Any, list] = {}          # writer ref -> its shard's encode refs
+    finish = ray.remote(num_cpus=1)(finish_shard)
+    writing: dict[Any, list] = {}          # finishing task -> the shard's other pieces
     queue = list(todo)
     try:
         while queue or writing:
             while queue and (len(writing) < 2
-                             or sum(len(e) for e in writing.values()) < 4 * cpus):
+                             or sum(1 + len(e) for e in writing.values()) < 4 * cpus):
                 item = queue.pop(0)
-                parts = [encode.remote([table_ref], lo, hi, cfg)
-                         for lo, hi in chunk_bounds(item["lo"], item["hi"], size)]
-                ref = writer.remote(item["name"], out, item["name"] in fail, *parts)
+                *head, (lo, hi) = chunk_bounds(item["lo"], item["hi"], size)
+                parts = [encode.remote([table_ref], a, b, cfg) for a, b in head]
+                ref = finish.remote([table_ref], lo, hi, cfg, item["name"], out,
+                                    item["name"] in fail, *parts)
                 writing[ref] = parts
             [ref], _ = ray.wait(list(writing), num_returns=1)
             del writing[ref]
             yield ray.get(ref)
     except BaseException:
-        for parts in writing.values():
-            for p in parts:
+        for ref, parts in writing.items():
+            for p in (*parts, ref):
                 ray.cancel(p)
         ray.wait(list(writing), num_returns=len(writing), timeout=60)
         raise
@@ -314,7 +325,14 @@ def shard_manifest(manifest_uri: str, out_uri: str, *, shard_size: int = 256,
             for i in range(len(chunks)) if shard_name(i) not in done]
     summary = ShardSummary(out=out, shards=len(chunks), shards_skipped=len(chunks) - len(todo))
     if todo and not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), configure_logging=False)
+        address = address or os.environ.get("RAY_ADDRESS")
+        # A cluster of our own: its workers are this command's foreground work. Ray starts
+        # workers at nice 15, so on a machine shared with other work they got a fraction of a
+        # core each against a plain loop at nice 0 (issue 9 point 6); a cluster we join keeps
+        # its own settings.
+        own = address in (None, "", "local")
+        extra = {"_system_config": {"worker_niceness": 0}} if own else {}
+        ray.init(address=address, configure_logging=False, **extra)
     t0 = time.perf_counter()             # after start-up: clips/s measures the job itself
     if todo:
         table_ref = ray.put(pa.Table.from_pylist([r for c in chunks for r in c],
