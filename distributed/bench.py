@@ -12,8 +12,9 @@ method's ``sample_views``: crops, augmentation, front end), measured four ways:
   against a plain single-process loop doing the same work (soundfile read, downmix, soxr
   resample to 16 kHz, FLAC encode, tar write).
 
-Throughputs are steady-state (counted from the first batch; start-up is reported on its own) and
-taken as the median of ``repeats`` interleaved rounds, so that a neighbour's burst on a shared
+Throughputs are clips over the wall time of a whole pass (Ray's after a warm-up pass that
+starts its workers, as a trainer's second epoch sees them; the DataLoader's include forking its
+workers) and the median of ``repeats`` interleaved rounds, so that a neighbour's burst on a shared
 machine hits every method alike. Peak memory is the summed proportional set size (PSS) of this
 process and all its descendants (Ray's raylet, object store and workers), sampled every 0.2 s,
 for a stream 1x and 10x as long; the object store's use is sampled alongside.
@@ -43,6 +44,8 @@ import torch
 
 from tympan.config import check
 
+# Methods whose records' JPEG frames are decoded (as the pipeline does); the others skip them.
+AV_METHODS = ("l3", "soundnet")
 # The keys every run writes (issue 9 point 7); the headline figures are COLA at N = max(cpus).
 REQUIRED_KEYS = ("limit_clips_per_s", "dataloader_clips_per_s", "ray_clips_per_s", "cores",
                  "shard_clips_per_s", "shard_limit_clips_per_s", "peak_rss_mb_1x",
@@ -54,10 +57,11 @@ class BenchDataConfig:
     quick: bool = False
     cpus: tuple[int, ...] = ()            # N values; () = (1, 2) full, (2,) quick (capped by the machine)
     methods: tuple[str, ...] = ("cola", "l3")
-    audio_clips: int = 0                  # 10 s WAVs sharded, then streamed (0 = 200 full, 32 quick)
-    av_clips: int = 0                     # 10 s clips with 1 fps frames for L3 (0 = 96 full, 16 quick)
+    audio_clips: int = 0                  # 10 s WAVs sharded, then streamed (0 = 200 full, 48 quick)
+    av_clips: int = 0                     # 10 s clips with 1 fps frames for L3 (0 = 96 full, 32 quick)
     shards_per_worker: int = 4            # shards of each streamed set per worker at max N
-    batch_size: int = 0                   # clips per batch (0 = 32 full, 16 quick)
+    batch_size: int = 32                  # clips per sample_views call and per batch (the
+                                          # pipeline's group_size is set to the same)
     epochs: int = 0                       # passes over the shards per measurement (0 = 3 full, 4 quick)
     repeats: int = 0                      # interleaved rounds; the median is kept (0 = 3 full, 1 quick)
     memory_clips: int = 0                 # the 1x stream, in clips (0 = 256 full, 64 quick)
@@ -67,7 +71,7 @@ class BenchDataConfig:
 
     def __post_init__(self):
         check(all(n >= 1 for n in self.cpus), "cpus", self.cpus, "must be >= 1")
-        check(self.batch_size == 0 or self.batch_size >= 2, "batch_size", self.batch_size,
+        check(self.batch_size >= 2, "batch_size", self.batch_size,
               "must be >= 2 (L3 draws mismatched frames from other clips of a batch)")
         check(self.shards_per_worker >= 1, "shards_per_worker", self.shards_per_worker,
               "must be >= 1")
@@ -83,8 +87,8 @@ class BenchDataConfig:
             return v or (quick if q else full)
         return BenchDataConfig(
             quick=q, cpus=cpus, methods=self.methods,
-            audio_clips=pick(self.audio_clips, 200, 32), av_clips=pick(self.av_clips, 96, 16),
-            shards_per_worker=self.shards_per_worker, batch_size=pick(self.batch_size, 32, 16),
+            audio_clips=pick(self.audio_clips, 200, 48), av_clips=pick(self.av_clips, 96, 32),
+            shards_per_worker=self.shards_per_worker, batch_size=self.batch_size,
             epochs=pick(self.epochs, 3, 4), repeats=pick(self.repeats, 3, 1),
             memory_clips=pick(self.memory_clips, 256, 64), offline=self.offline, work=self.work,
             seed=self.seed)
@@ -225,17 +229,16 @@ class _pinned_threads:
 # ---- data ----------------------------------------------------------------------------------
 
 def _sound(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
-    """A few drifting partials under pink-ish noise, float32 [n]: FLAC compresses it about as
-    much as real recordings (~55 % of PCM), unlike white noise or pure tones."""
+    """A few drifting partials over a quiet noise floor, float32 [n]: FLAC keeps about half of
+    the PCM bytes, as for real recordings (pure tones would compress far more, loud white noise
+    hardly at all)."""
     t = np.arange(n, dtype=np.float32) / rate
-    x = np.zeros(n, dtype=np.float32)
+    x = np.float32(0.01) * rng.standard_normal(n, dtype=np.float32)
     for _ in range(3):
         f = rng.uniform(80, 2000)
         am = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.1, 3) * t + rng.uniform(0, 6.3))
         x += (rng.uniform(0.05, 0.2) * am * np.sin(2 * np.pi * f * t + 30 * np.sin(0.3 * t)))
-    noise = np.cumsum(rng.standard_normal(n).astype(np.float32))
-    noise -= np.convolve(noise, np.ones(64, np.float32) / 64, mode="same")
-    return x + 0.02 * noise / (np.abs(noise).max() + 1e-6)
+    return x
 
 
 def make_wav_folder(root: str | Path, n: int, *, seconds: float = 10.0, rate: int = 44100,
@@ -362,30 +365,27 @@ def _rows(batch: dict[str, Any]) -> int:
 
 
 class _Meter:
-    """Steady-state rate: clips, wall time and the process tree's CPU time counted from the
-    first batch on."""
+    """Clips over the wall time and the process tree's CPU time of a whole pass (a local
+    shuffle buffer holds batches back until it fills, so a rate counted from the first batch
+    would flatter a buffered stream). The time to the first batch is reported on its own."""
 
     def __init__(self):
-        self.t_start = time.perf_counter()
+        self.t_start, self.cpu_start = time.perf_counter(), tree_cpu_s()
         self.t_first: float | None = None
-        self.cpu_first = 0.0
         self.clips = 0
-        self.first_clips = 0
 
     def add(self, n: int) -> None:
         if self.t_first is None:
-            self.t_first, self.first_clips = time.perf_counter(), n
-            self.cpu_first = tree_cpu_s()
+            self.t_first = time.perf_counter()
         self.clips += n
 
     def result(self, nbytes: float) -> dict[str, Any]:
         end, cpu = time.perf_counter(), tree_cpu_s()
-        steady = max(end - (self.t_first or end), 1e-9)
-        counted = self.clips - self.first_clips
-        return {"clips_per_s": counted / steady, "clips": self.clips,
-                "seconds": end - self.t_start, "startup_s": (self.t_first or end) - self.t_start,
-                "mb_per_s": nbytes * (counted / max(self.clips, 1)) / 2**20 / steady,
-                "cpu_ms_per_clip": 1e3 * (cpu - self.cpu_first) / max(counted, 1)}
+        wall = max(end - self.t_start, 1e-9)
+        return {"clips_per_s": self.clips / wall, "clips": self.clips, "seconds": wall,
+                "first_batch_s": (self.t_first or end) - self.t_start,
+                "mb_per_s": nbytes / 2**20 / wall,
+                "cpu_ms_per_clip": 1e3 * (cpu - self.cpu_start) / max(self.clips, 1)}
 
 
 def stream_limit(shards: Sequence[str], method: str, batch: int, epochs: int,
@@ -395,6 +395,7 @@ def stream_limit(shards: Sequence[str], method: str, batch: int, epochs: int,
     from tympan.datasets.shards import decode_record, iter_records
 
     views, cfg = _sampler(method)
+    frames = method in AV_METHODS
     rng = np.random.default_rng(seed)
     stages = dict.fromkeys(("read", "decode", "views"), 0.0)
     nbytes = sum(os.path.getsize(p) for p in shards) * epochs
@@ -412,7 +413,7 @@ def stream_limit(shards: Sequence[str], method: str, batch: int, epochs: int,
                         stages["read"] += b - a
                         if rec is None:
                             break
-                        buf.append(decode_record(rec[0], rec[1], path))
+                        buf.append(decode_record(rec[0], rec[1], path, frames=frames))
                         c = time.perf_counter()
                         stages["decode"] += c - b
                         if len(buf) == batch:
@@ -433,8 +434,9 @@ class ShardViews(torch.utils.data.IterableDataset):
             list(shards), method, batch, epochs, seed)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        from tympan.datasets.shards import iter_shard
+        from tympan.datasets.shards import decode_record, iter_records
 
+        frames = self.method in AV_METHODS
         info = torch.utils.data.get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         torch.set_num_threads(1)
@@ -443,7 +445,9 @@ class ShardViews(torch.utils.data.IterableDataset):
         buf: list = []
         for _ in range(self.epochs):
             for path in self.shards[wid::nw]:
-                for clip in iter_shard(path):
+                with open(path, "rb") as f:
+                    clips = [decode_record(k, m, path, frames=frames) for k, m in iter_records(f, path)]
+                for clip in clips:
                     buf.append(clip)
                     if len(buf) == self.batch:
                         yield views(cfg, buf, rng)
@@ -471,9 +475,9 @@ def stream_ray(source: str, method: str, batch: int, epochs: int | None, seed: i
     epoch sees it. ``max_clips`` stops an endless source (the live mixer)."""
     from tympan.distributed.pipeline import PipelineConfig, build_pipeline
 
-    cfg = PipelineConfig(batch_size=batch, seed=seed)
+    cfg = PipelineConfig(batch_size=batch, seed=seed, group_size=batch)
 
-    def one_pass(limit: int | None) -> tuple[_Meter, Any]:
+    def one_pass(limit: int | None, epochs: int | None) -> tuple[_Meter, Any]:
         p = build_pipeline(source, method, cfg=cfg, epochs=epochs)
         meter = _Meter()
         for b in p.iter_batches():
@@ -483,8 +487,8 @@ def stream_ray(source: str, method: str, batch: int, epochs: int | None, seed: i
         return meter, p
 
     if warmup:
-        one_pass(min(max_clips or 4 * batch, 4 * batch))
-    meter, p = one_pass(max_clips)
+        one_pass(4 * batch, 1)
+    meter, p = one_pass(max_clips, epochs)
     res = meter.result(nbytes)
     try:
         res["stats"] = p.dataset.stats()
@@ -761,10 +765,10 @@ def format_markdown(res: dict[str, Any], command: str, notes: str = "") -> str:
          f"- data: {cfg['audio_clips']} WAVs of 10 s, 44.1 kHz stereo -> 16 kHz FLAC shards (COLA); "
          f"{cfg['av_clips']} 10 s clips with 1 fps 256x256 JPEG frames (L3); batch {cfg['batch_size']}, "
          f"{cfg['epochs']} pass(es) per measurement, median of {cfg['repeats']} interleaved round(s)",
-         "", "## Streaming: clips/s (steady state, from the first batch on)", "",
+         "", "## Streaming: clips/s (whole pass; Ray after a warm-up pass)", "",
          "| method | N | per-core limit x N | DataLoader (N workers) | Ray Data (N CPUs) | "
          "Ray / (limit x N) | Ray / DataLoader | DataLoader / (limit x N) | Ray MB/s | "
-         "Ray start-up s |", "|---|---|---|---|---|---|---|---|---|---|"]
+         "Ray first batch s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for m, v in res["stream"].items():
         lim = _median(v["limit"])
         for n in cpus:
@@ -772,9 +776,9 @@ def format_markdown(res: dict[str, Any], command: str, notes: str = "") -> str:
             r, d = _median(ray_), _median(dl)
             L.append(f"| {m} | {n} | {_f(lim * n)} | {_f(d)} | {_f(r)} | {r / (lim * n):.2f} | "
                      f"{(r / d if d else 0):.2f} | {d / (lim * n):.2f} | "
-                     f"{_median(ray_, 'mb_per_s'):.1f} | {_median(ray_, 'startup_s'):.1f} |")
+                     f"{_median(ray_, 'mb_per_s'):.1f} | {_median(ray_, 'first_batch_s'):.1f} |")
     L += ["", "CPU cost per clip (ms of CPU time of all processes involved: workers, driver, "
-          "Ray's raylet/GCS; steady state). Unlike clips/s this hardly moves with the machine's "
+          "Ray's raylet/GCS). Unlike clips/s this hardly moves with the machine's "
           "load, so it shows what each framework adds to the work itself:", "",
           "| method | N | limit | DataLoader | Ray Data | limit / Ray (CPU efficiency) |",
           "|---|---|---|---|---|---|"]
