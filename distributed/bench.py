@@ -58,11 +58,11 @@ class BenchDataConfig:
     cpus: tuple[int, ...] = ()            # N values; () = (1, 2) full, (2,) quick (capped by the machine)
     methods: tuple[str, ...] = ("cola", "l3")
     audio_clips: int = 0                  # 10 s WAVs sharded, then streamed (0 = 200 full, 48 quick)
-    av_clips: int = 0                     # 10 s clips with 1 fps frames for L3 (0 = 96 full, 32 quick)
+    av_clips: int = 0                     # 10 s clips with 1 fps frames for L3 (0 = 64 full, 32 quick)
     shards_per_worker: int = 4            # shards of each streamed set per worker at max N
     batch_size: int = 32                  # clips per sample_views call and per batch (the
                                           # pipeline's group_size is set to the same)
-    epochs: int = 0                       # passes over the shards per measurement (0 = 3 full, 4 quick)
+    epochs: int = 0                       # passes over the shards per measurement (0 = 2 full, 4 quick)
     repeats: int = 0                      # interleaved rounds; the median is kept (0 = 3 full, 1 quick)
     memory_clips: int = 0                 # the 1x stream, in clips (0 = 256 full, 64 quick)
     offline: str | None = None            # a built offline corpus: the 1x/10x stream is its live mixer
@@ -87,9 +87,9 @@ class BenchDataConfig:
             return v or (quick if q else full)
         return BenchDataConfig(
             quick=q, cpus=cpus, methods=self.methods,
-            audio_clips=pick(self.audio_clips, 200, 48), av_clips=pick(self.av_clips, 96, 32),
+            audio_clips=pick(self.audio_clips, 200, 48), av_clips=pick(self.av_clips, 64, 32),
             shards_per_worker=self.shards_per_worker, batch_size=self.batch_size,
-            epochs=pick(self.epochs, 3, 4), repeats=pick(self.repeats, 3, 1),
+            epochs=pick(self.epochs, 2, 4), repeats=pick(self.repeats, 3, 1),
             memory_clips=pick(self.memory_clips, 256, 64), offline=self.offline, work=self.work,
             seed=self.seed)
 
