@@ -493,8 +493,12 @@ def stream_ray(source: str, method: str, batch: int, epochs: int | None, seed: i
     res = meter.result(nbytes)
     try:
         res["stats"] = p.dataset.stats()
-    except Exception:  # noqa: BLE001 - stats are a diagnostic, never a reason to fail
-        res["stats"] = ""
+        st = p.stage_seconds()
+        n = max(st.get("examples", 0), 1)
+        res["ms_per_clip"] = {"read+decode": 1e3 * st["read_decode_s"] / n,
+                              "views": 1e3 * st["views_s"] / n}
+    except Exception:  # noqa: BLE001 - diagnostics, never a reason to fail
+        res.setdefault("stats", "")
     return res
 
 
@@ -823,10 +827,16 @@ def format_markdown(res: dict[str, Any], command: str, notes: str = "") -> str:
             t = statistics.median(_task_cpu_ms_per_clip(x) for x in rr) if rr else 0.0
             L.append(f"| {m} | {n} | {lim:.1f} | {d:.1f} | {r:.1f} | {t:.1f} | "
                      f"{(lim / r if r else 0):.2f} |")
-    L += ["", "Per-core limit, ms per clip by stage (one process, one thread):", ""]
+    L += ["", "Per-stage wall time, ms per clip: the per-core limit (one process, one thread) and "
+          "inside the Ray pipeline's tasks (`Pipeline.stage_seconds`, wall time of each task, so "
+          "waiting for a CPU on a loaded machine counts):", ""]
     for m, v in res["stream"].items():
-        L.append(f"- {m}: {_ms(_stage_median(v['limit']))} "
+        L.append(f"- {m}, limit: {_ms(_stage_median(v['limit']))} "
                  f"(= {_f(_median(v['limit']))} clips/s, {_median(v['limit'], 'mb_per_s'):.1f} MB/s)")
+        for n in cpus:
+            rr = [x for x in v["ray"].get(n, []) if x.get("ms_per_clip")]
+            if rr:
+                L.append(f"- {m}, Ray tasks at N={n}: {_ms(_stage_median(rr))}")
     sh = res["shard"]
     slim = _median(sh["limit"])
     L += ["", "## Sharding: `tympan data shard` vs its per-core limit", "",
