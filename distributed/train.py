@@ -99,8 +99,12 @@ TRAIN_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig))
 
 
 def resolve_configs(method: str, config_file: str | Path | None = None,
-                    overrides: Sequence[str] = ()) -> tuple[TrainConfig, Any]:
+                    overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None
+                    ) -> tuple[TrainConfig, Any]:
     """YAML file + ``key=value`` overrides -> (TrainConfig, the method's config).
+
+    ``base`` (a resumed run's stored configs, flat: training keys beside method keys) comes
+    first, then the file, then the overrides.
 
     A key (first dotted part) that names a TrainConfig field goes there, everything else to the
     method (``width=0.5``, ``optim.lr=3e-4``, ``frontend.n_mels=128``); ``batch_size`` is the
@@ -108,7 +112,7 @@ def resolve_configs(method: str, config_file: str | Path | None = None,
     from tympan.methods.registry import get_method
 
     cls = get_method(method)
-    data: dict[str, Any] = {}
+    data: dict[str, Any] = dict(base or {})
     if config_file is not None:
         p = Path(config_file)
         if not p.is_file():
@@ -119,7 +123,7 @@ def resolve_configs(method: str, config_file: str | Path | None = None,
             raise ConfigError("--config", str(p), f"invalid YAML: {e}") from None
         if loaded is not None and not isinstance(loaded, Mapping):
             raise ConfigError("--config", str(p), "top level must be a mapping")
-        data = dict(loaded or {})
+        data = _merge(data, loaded or {})
     train_data = {k: v for k, v in data.items() if k in TRAIN_KEYS}
     method_data = {k: v for k, v in data.items() if k not in TRAIN_KEYS}
     train_over, method_over = [], []
@@ -139,6 +143,13 @@ def resolve_configs(method: str, config_file: str | Path | None = None,
                               f"{', '.join(sorted(TRAIN_KEYS))}") from None
         raise
     return dataclasses.replace(train, batch_size=method_cfg.batch_size), method_cfg
+
+
+def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 def parse_workers(text: str | int) -> tuple[int, int]:
@@ -207,14 +218,13 @@ def lr_factor(step: int, train: TrainConfig) -> float:
     return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class WarmupCosine:
-    """``LambdaLR`` callable (an object, so its plain-number state goes into the checkpoint)."""
+def lr_schedule(optimizer, train: TrainConfig):
+    """``LambdaLR`` over :func:`lr_factor`. A partial, not an object with state: LambdaLR would
+    store that state in the checkpoint and a resumed run given more ``steps`` would get the old
+    schedule back; the scheduler's own state (its step count) is all a checkpoint needs."""
+    import functools
 
-    def __init__(self, train: TrainConfig):
-        self.train = to_dict(train)
-
-    def __call__(self, step: int) -> float:
-        return lr_factor(step, TrainConfig(**self.train))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, train=train))
 
 
 # ---- resources ----------------------------------------------------------------------------------
@@ -309,7 +319,7 @@ def train_func(config: dict) -> None:
     dist = Dist.from_torch()
     objective = ray.train.torch.prepare_model(Objective(method, dist))
     optimizer = method.configure_optimizer()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(train))
+    scheduler = lr_schedule(optimizer, train)
 
     step, history = 0, {"loss_first": None, "samples": 0, "seconds": 0.0, "wait_seconds": 0.0,
                         "restarts": 0}
