@@ -70,6 +70,7 @@ class TrainConfig:
     max_failures: int = 3               # worker / node failures to recover from (-1: always)
     precision: Literal["auto", "bf16", "fp32"] = "auto"   # auto: bf16 autocast on CUDA, fp32 on CPU
     data_cpus_per_gpu: float = 4.0      # CPUs left to the data pipeline beside each GPU worker
+    cpus_per_worker: float | None = None  # CPUs reserved per training worker; None: sized from the cluster
     shuffle_buffer: int | None = None   # pipeline's local shuffle buffer; None: its default
 
     def __post_init__(self):
@@ -87,6 +88,8 @@ class TrainConfig:
         check(self.log_every >= 1, "log_every", self.log_every, "must be >= 1")
         check(self.max_failures >= -1, "max_failures", self.max_failures, "must be >= -1")
         check(self.data_cpus_per_gpu >= 0, "data_cpus_per_gpu", self.data_cpus_per_gpu, "must be >= 0")
+        check(self.cpus_per_worker is None or self.cpus_per_worker > 0, "cpus_per_worker",
+              self.cpus_per_worker, "must be positive")
         check(self.shuffle_buffer is None or self.shuffle_buffer >= 0, "shuffle_buffer",
               self.shuffle_buffer, "must be >= 0")
 
@@ -231,15 +234,17 @@ def lr_schedule(optimizer, train: TrainConfig):
 
 
 def worker_resources(max_workers: int, gpus_per_worker: float, cluster_cpus: float,
-                     data_cpus_per_gpu: float) -> dict[str, float]:
+                     cpus_per_worker: float | None = None) -> dict[str, float]:
     """Ray resources of one training worker, leaving CPUs to the data pipeline.
 
     CPU workers take at most one CPU and at most a quarter of the cluster's CPUs per worker
     pair: 2 workers on a 2-core machine take 0.5 CPU each and leave one core to Ray Data. A GPU
     worker takes its GPU(s) and one CPU; the rest (``data_cpus_per_gpu`` per GPU worker,
-    checked by :func:`check_data_cpus`) feeds it."""
+    checked by :func:`check_data_cpus`) feeds it. ``cpus_per_worker`` overrides the CPU share."""
     if gpus_per_worker > 0:
-        return {"CPU": 1.0, "GPU": gpus_per_worker}
+        return {"CPU": cpus_per_worker or 1.0, "GPU": gpus_per_worker}
+    if cpus_per_worker:
+        return {"CPU": cpus_per_worker}
     share = cluster_cpus / (2.0 * max_workers)
     cpu = 1.0 if share >= 1.0 else max(0.25, math.floor(share * 4) / 4)
     return {"CPU": cpu}
@@ -293,6 +298,7 @@ def train_func(config: dict) -> None:
     """Ray Train worker loop. ``config``: method, method_cfg, train (dicts), tracking_uri,
     run_id, experiment_uri, threads."""
     import numpy as np
+    import ray
     import ray.train
     import ray.train.torch
     import torch.distributed as tdist
@@ -368,9 +374,9 @@ def train_func(config: dict) -> None:
 
     window = {"loss": 0.0, "n": 0, "wait": 0.0, "wall": 0.0, "steps": 0}
     recent: list[float] = []
-    if rank == 0:
-        print(f"[tympan] worker group of {world}: per-worker batch {per_worker} "
-              f"({train.grad_accum} x {micro}), start at step {step}", flush=True)
+    print(f"[tympan] rank {rank}/{world} pid {os.getpid()} on {ray.util.get_node_ip_address()}: "
+          f"per-worker batch {per_worker} ({train.grad_accum} x {micro}), start at step {step}",
+          flush=True)
     method.train()
     while step < train.steps:
         t_step = time.perf_counter()
@@ -420,7 +426,7 @@ def train_func(config: dict) -> None:
             metrics = {"loss": loss_mean, "lr": lr, "samples_per_s": G / max(wall_mean, 1e-9),
                        "data_wait_fraction": wait_frac, "world_size": world,
                        "global_batch": per_worker * world, "per_worker_batch": per_worker,
-                       "epoch": it_state.get("epochs", 0)}
+                       "epoch": it_state.get("epochs", 0), "restarts": history["restarts"]}
             window = {"loss": 0.0, "n": 0, "wait": 0.0, "wall": 0.0, "steps": 0}
         if do_val:
             metrics["val_loss"] = validate()
@@ -559,7 +565,7 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
                      "method_cfg": to_dict(method_cfg)}
     tracker.log_params(config_record)
     cluster_cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    res = worker_resources(spec.workers[1], spec.gpus_per_worker, cluster_cpus, train.data_cpus_per_gpu)
+    res = worker_resources(spec.workers[1], spec.gpus_per_worker, cluster_cpus, train.cpus_per_worker)
     tracker.set_tags({**ray_tags(), "tympan.method": spec.method, "tympan.name": spec.name,
                       "tympan.storage": redact(exp_uri), "tympan.resumed": str(spec.resume).lower(),
                       "tympan.worker_resources": json.dumps(res)})
