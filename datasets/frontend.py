@@ -12,8 +12,10 @@ workers. Output is time-major, ``[..., T, F]``, with ``T = 1 + n_samples // hop_
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -130,10 +132,31 @@ class Frontend(nn.Module):
 
 
 _CACHE: dict[FrontendConfig, Frontend] = {}
+# Set by :func:`deferred_frontend`: the list that records the waveforms given to the front end.
+_DEFERRED: contextvars.ContextVar[list | None] = contextvars.ContextVar("tympan_deferred_frontend",
+                                                                       default=None)
+
+
+@contextlib.contextmanager
+def deferred_frontend() -> Iterator[list[tuple[FrontendConfig, np.ndarray]]]:
+    """Inside this block :func:`frontend_numpy` returns a float32 copy of its waveform input
+    (the features are computed later, on the training device) and records ``(cfg, wave)`` in
+    the yielded list. Used by the data pipeline's ``frontend="device"`` placement: a view
+    sampler runs unchanged and ships waveform crops where it would ship features."""
+    calls: list[tuple[FrontendConfig, np.ndarray]] = []
+    token = _DEFERRED.set(calls)
+    try:
+        yield calls
+    finally:
+        _DEFERRED.reset(token)
 
 
 def frontend_numpy(cfg: FrontendConfig, wave: np.ndarray) -> np.ndarray:
     """Apply the front end for ``cfg`` to a numpy waveform batch; modules are cached per config."""
+    calls = _DEFERRED.get()
+    if calls is not None:
+        calls.append((cfg, wave))
+        return np.array(wave, dtype=np.float32, copy=True)
     fe = _CACHE.get(cfg)
     if fe is None:
         fe = _CACHE[cfg] = Frontend(cfg).eval()

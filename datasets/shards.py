@@ -15,7 +15,8 @@ clip id when it is made of ``[A-Za-z0-9_-]`` only; otherwise a sanitised id plus
 
 Stable API, used by the sharding job, the offline corpora and the training pipeline:
 :func:`encode_record`, :func:`write_shard`, :func:`iter_shard`, :func:`shard_name`,
-:func:`list_shards`. Pure Python (tarfile), no Ray.
+:func:`list_shards`; the training pipeline decodes record by record with :func:`decode_record`.
+Pure Python (tarfile), no Ray.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import tarfile
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
+from zlib import error as zlib_error
 
 import numpy as np
 import soundfile as sf
@@ -166,24 +168,98 @@ def _decode(key: str, members: dict[str, bytes], where: str) -> Clip:
                 labels=list(doc.get("labels") or []), frames=frames, frame_times=times, meta=meta)
 
 
+class ShardTruncated(ShardError):
+    """The tar stream of a shard broke off (cut file, unreadable member). ``key`` is the record
+    being read when it broke (None if it broke between records) and ``members`` what of it was
+    read; every record before it was already yielded complete."""
+
+    def __init__(self, where: str, key: str | None, members: dict[str, bytes], detail: str):
+        self.where, self.key, self.members, self.detail = where, key, members, detail
+        super().__init__(f"{where}: tar stream broken at record {key!r}: {detail}")
+
+    def __reduce__(self):
+        return type(self), (self.where, self.key, self.members, self.detail)
+
+
+class RecordError(ShardError):
+    """One record cannot become a clip; ``reason`` is a short tag (a DecodeError reason, or
+    incomplete_record / bad_json / missing_frames / bad_frame) and ``clip_id`` names it."""
+
+    def __init__(self, where: str, clip_id: str, reason: str, detail: str = ""):
+        self.where, self.clip_id, self.reason, self.detail = where, clip_id, reason, detail
+        super().__init__(f"{where}: record {clip_id!r}: {reason}" + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self):
+        return type(self), (self.where, self.clip_id, self.reason, self.detail)
+
+
 def iter_records(f: BinaryIO, where: str = "shard") -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {member name: bytes})`` per record, streaming (no seeking)."""
+    """``(key, {member name: bytes})`` per record, streaming (no seeking).
+
+    A tar stream that breaks off raises :class:`ShardTruncated` naming the record it broke in."""
     key: str | None = None
     members: dict[str, bytes] = {}
-    with tarfile.open(fileobj=f, mode="r|*") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            base = info.name.rsplit("/", 1)[-1]
-            k = base.split(".", 1)[0]
-            if k != key and key is not None:
-                yield key, members
-                members = {}
-            key = k
-            data = tar.extractfile(info)
-            members[base] = data.read() if data else b""
+    try:
+        with tarfile.open(fileobj=f, mode="r|*") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                base = info.name.rsplit("/", 1)[-1]
+                k = base.split(".", 1)[0]
+                if k != key and key is not None:
+                    yield key, members
+                    members = {}
+                key = k
+                data = tar.extractfile(info)
+                members[base] = data.read() if data else b""
+    except (tarfile.TarError, EOFError, OSError, zlib_error) as e:
+        raise ShardTruncated(where, key, members, f"{type(e).__name__}: {e}") from None
     if key is not None:
         yield key, members
+
+
+def decode_record(key: str, members: dict[str, bytes], where: str = "shard", *,
+                  frames: bool = True) -> Clip:
+    """One record -> :class:`Clip`, or :class:`RecordError` naming it and why.
+
+    Checks what :func:`iter_shard` takes on trust: both members present, valid JSON, FLAC that
+    decodes to exactly the ``num_samples`` the JSON promises (a cut member is "truncated"), a
+    non-empty clip, and (``frames=True``) every listed frame present and decodable.
+    ``frames=False`` skips the JPEGs (audio-only consumers)."""
+    from tympan.datasets.audio import DecodeError, decode_audio
+
+    clip_id = key
+    if f"{key}.json" not in members or f"{key}.flac" not in members:
+        raise RecordError(where, clip_id, "incomplete_record",
+                          f"members {sorted(members)}; a record needs {key}.json and {key}.flac")
+    try:
+        doc = json.loads(members[f"{key}.json"])
+        clip_id = str(doc["clip_id"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RecordError(where, clip_id, "bad_json", str(e)) from None
+    try:
+        audio = decode_audio(members[f"{key}.flac"], ext=".flac")
+    except DecodeError as e:
+        raise RecordError(where, clip_id, e.reason, e.detail) from None
+    want = doc.get("num_samples")
+    if want is not None and len(audio) != int(want):
+        raise RecordError(where, clip_id, "truncated", f"{len(audio)} of {want} samples")
+    clip_frames = times = None
+    if frames and doc.get("frames"):
+        missing = [n for n in doc["frames"] if n not in members]
+        if missing:
+            raise RecordError(where, clip_id, "missing_frames", f"no member {missing[0]}")
+        try:
+            clip_frames = np.stack([np.asarray(Image.open(io.BytesIO(members[n])).convert("RGB"))
+                                    for n in doc["frames"]])
+        except (OSError, ValueError) as e:
+            raise RecordError(where, clip_id, "bad_frame", str(e)) from None
+        times = np.asarray(doc["frame_times"], dtype=np.float64)
+    meta = dict(doc.get("meta") or {})
+    meta["record"] = {k: v for k, v in doc.items() if k not in ("meta", "labels", "clip_id")}
+    return Clip(clip_id=clip_id, audio=audio, sample_rate=SAMPLE_RATE,
+                labels=list(doc.get("labels") or []), frames=clip_frames, frame_times=times,
+                meta=meta)
 
 
 def iter_shard(source: str | os.PathLike | BinaryIO) -> Iterator[Clip]:

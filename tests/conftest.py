@@ -62,7 +62,9 @@ def ray_cluster(s3_server):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # address="local": always a fresh cluster of our own, never another engineer's or
+        # CI job's `ray start` head that RAY_ADDRESS or /tmp/ray might point at.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     yield ray
     ray.shutdown()
