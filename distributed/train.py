@@ -35,14 +35,14 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
+import ray
 import torch
 import yaml
 from torch import nn
@@ -72,6 +72,7 @@ class TrainConfig:
     data_cpus_per_gpu: float = 4.0      # CPUs left to the data pipeline beside each GPU worker
     cpus_per_worker: float | None = None  # CPUs reserved per training worker; None: sized from the cluster
     shuffle_buffer: int | None = None   # pipeline's local shuffle buffer; None: its default
+    val_data: str | None = None         # held-out data URI for validation; None: see README
 
     def __post_init__(self):
         check(self.steps >= 1, "steps", self.steps, "must be >= 1")
@@ -279,12 +280,14 @@ class Objective(nn.Module):
         return self.method.loss(batch, self.dist)
 
 
-def _next_batch(state: dict, shard, batch_size: int):
-    """Next micro-batch from the worker's shard; a finite stream starts over (a new epoch)."""
+def _next_batch(state: dict, shard, batch_size: int, iter_kwargs: dict):
+    """Next micro-batch from the worker's shard; a stream that ends starts over (replaying it:
+    the pipeline plans ``max_units`` units, far beyond a run, so this is a fallback)."""
     for _ in range(2):
         if state.get("it") is None:
             state["it"] = iter(shard.iter_batches(batch_size=batch_size, drop_last=True,
-                                                  batch_format="numpy", prefetch_batches=2))
+                                                  batch_format="numpy", prefetch_batches=2,
+                                                  **iter_kwargs))
         try:
             return next(state["it"])
         except StopIteration:
@@ -339,7 +342,8 @@ def train_func(config: dict) -> None:
         step = int(state["step"])
         history = dict(state["history"])
         history["restarts"] = history.get("restarts", 0) + 1
-    stream = ck.read_stream_start(config["experiment_uri"]) or {"epoch": 0, "offset": 0}
+    streams = ray.get_actor(config["streams"]) if config.get("streams") else None
+    stream_start = ray.get(streams.current_start.remote()) if streams else None
     session_first_step = step
     # Per-rank randomness (augmentations inside the loss, dropout), different after a restore.
     torch.manual_seed(train.seed + 1 + rank + 1009 * step)
@@ -349,6 +353,9 @@ def train_func(config: dict) -> None:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 \
         else contextlib.nullcontext
     shard = ray.train.get_dataset_shard("train")
+    buf = config.get("shuffle_buffer", 0)
+    iter_kwargs = ({"local_shuffle_buffer_size": buf, "local_shuffle_seed": train.seed + rank + 1009 * step}
+                   if buf else {})
     it_state: dict = {}
     val_batches = _load_val(train, G, rank, world) if train.val_batches > 0 else []
     logger = MetricLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
@@ -385,7 +392,7 @@ def train_func(config: dict) -> None:
         loss_sum = 0.0
         for k in range(train.grad_accum):
             t_wait = time.perf_counter()
-            batch = _next_batch(it_state, shard, micro)
+            batch = _next_batch(it_state, shard, micro, iter_kwargs)
             wait += time.perf_counter() - t_wait
             tensors = method.to_tensors(batch, device)
             sync = (objective.no_sync() if world > 1 and k < train.grad_accum - 1
@@ -437,13 +444,18 @@ def train_func(config: dict) -> None:
                       f"lr {lr:.2e} {metrics['samples_per_s']:.1f} samples/s "
                       f"data wait {metrics['data_wait_fraction']:.0%}", flush=True)
         if do_ckpt:
-            data = {"start": dict(stream), "examples": int((step - session_first_step) * G)}
+            examples = int((step - session_first_step) * G)
+            position = (ray.get(streams.position_after.remote(examples))
+                        if streams is not None and rank == 0 else None)
+            data = {"start": stream_start, "examples": examples, "position": position}
             summary = {"step": step, "loss_first": history["loss_first"],
                        "loss_last": float(np.mean(recent)) if recent else metrics.get("loss"),
                        "samples_per_s": history["samples"] / max(history["seconds"], 1e-9),
                        "data_wait_fraction": history["wait_seconds"] / max(history["seconds"], 1e-9),
                        "world_size": world, "restarts": history["restarts"],
-                       "data_epoch": data["start"]["epoch"], "data_examples": data["examples"],
+                       "data_examples": examples,
+                       **({"data_epoch": position["epoch"], "data_offset": position["offset"]}
+                          if position else {}),
                        **({"val_loss": metrics["val_loss"]} if metrics.get("val_loss") is not None else {})}
             if rank == 0:
                 with tempfile.TemporaryDirectory(prefix="tympan-ckpt-") as d:
@@ -455,6 +467,8 @@ def train_func(config: dict) -> None:
                 # After report returned the checkpoint is persisted: the next stream may start
                 # where it left off.
                 ck.write_position(config["experiment_uri"], {"step": step, **data})
+                if streams is not None:
+                    logger.log(step, {"bad_clips": ray.get(streams.bad_clips.remote())["count"]})
             else:
                 ray.train.report(summary, checkpoint=None)
 
@@ -483,19 +497,154 @@ class PretrainError(RuntimeError):
     """The run failed after it started (training gave up, or nothing to resume)."""
 
 
+@ray.remote(num_cpus=0)
+class StreamRegistry:
+    """The run's training streams, built by the Ray Data pipeline (``build_pipeline``).
+
+    A small actor owned by the driver: Ray Train calls :class:`StreamFactory` on every worker
+    group (re)start, which asks this actor for the next stream; it starts at the data position
+    of the latest persisted checkpoint (``checkpoints.read_position``), so a replaced worker
+    group, and a ``--resume``, continue the data where the checkpoint left it. Because the
+    actor (not Ray Train's controller) builds them, every stream's bad-clip ledger lives until
+    the driver has read it. Rank 0 asks it for ``position_after`` when checkpointing."""
+
+    def __init__(self, uri: str, method: str, method_cfg: Any, pcfg: Any, experiment_uri: str,
+                 val_uri: str | None, val_examples: int):
+        from tympan.distributed.pipeline import parse_data_uri
+
+        self.source = parse_data_uri(uri)
+        self.val_source = parse_data_uri(val_uri) if val_uri else self.source
+        self.method, self.method_cfg, self.pcfg = method, method_cfg, pcfg
+        self.exp_uri, self.val_examples = experiment_uri, val_examples
+        self.pipes: list = []
+
+    def next_stream(self):
+        from tympan.distributed import checkpoints as ck
+        from tympan.distributed.pipeline import Position, build_pipeline
+
+        rec = ck.read_position(self.exp_uri)
+        start = Position(**rec["position"]) if rec and rec.get("position") else Position()
+        p = build_pipeline(self.source, self.method, self.method_cfg, self.pcfg, start=start)
+        self.pipes.append(p)
+        return p.dataset
+
+    def val_dataset(self):
+        """The validation examples: ``val_examples`` from the held-out URI (or, without one,
+        from the training source under another seed)."""
+        from tympan.distributed.pipeline import build_pipeline
+
+        pcfg = dataclasses.replace(self.pcfg, seed=self.pcfg.seed + 1_000_003, shuffle_buffer=0)
+        p = build_pipeline(self.val_source, self.method, self.method_cfg, pcfg, epochs=1)
+        self.pipes.append(p)
+        return p.dataset.limit(self.val_examples)
+
+    def current_start(self) -> dict:
+        return dataclasses.asdict(self.pipes[-1].start) if self.pipes else None
+
+    def position_after(self, examples: int) -> dict:
+        # the latest training stream (a validation stream is built before any training one)
+        train_pipes = [p for p in self.pipes if p.cfg.seed == self.pcfg.seed]
+        return dataclasses.asdict(train_pipes[-1].position_after(examples))
+
+    def bad_clips(self) -> dict:
+        """Every stream's dropped clips, each (clip, reason, where) once with the number of
+        times it was met (once per epoch read, again in a unit replayed after a restart)."""
+        found: dict[tuple, dict] = {}
+        for p in self.pipes:
+            for c in p.bad_clips().clips:
+                key = (c.clip_id, c.reason, c.where)
+                if key not in found:
+                    found[key] = {"clip_id": c.clip_id, "reason": c.reason, "where": c.where,
+                                  "encounters": 0}
+                found[key]["encounters"] += 1
+        by_reason: dict[str, int] = {}
+        for c in found.values():
+            by_reason[c["reason"]] = by_reason.get(c["reason"], 0) + 1
+        return {"count": len(found), "by_reason": dict(sorted(by_reason.items())),
+                "clips": list(found.values())}
+
+
+class StreamFactory:
+    """What Ray Train gets as the "train" dataset: called (in its controller) on every worker
+    group start; asks the run's :class:`StreamRegistry` for the next stream."""
+
+    def __init__(self, registry_name: str):
+        self.registry_name = registry_name
+
+    def __call__(self):
+        import ray
+
+        return ray.get(ray.get_actor(self.registry_name).next_stream.remote())
+
+
 class DataFeed:
-    """What the trainer takes from the data layer. :class:`PipelineFeed` (the Ray Data
-    pipeline) is the only production implementation; tests and benchmarks may pass others.
+    """What the trainer takes from the data layer: :class:`PipelineFeed` (the Ray Data
+    pipeline) in production. ``setup`` runs once Ray is up and returns the trainer's
+    ``datasets`` (a factory for "train", called on every worker-group start, and "val");
+    ``registry_name`` is the :class:`StreamRegistry` the workers ask for data positions."""
 
-    ``datasets()``: ``{"train": Dataset | factory, "val": Dataset (optional)}``; a factory is
-    called by Ray Train on every worker-group start. ``bad_clips()``: ``{"count": int,
-    "by_reason": {reason: n}, "clips": [[clip_id, reason, where], ...]}``."""
+    registry_name: str | None = None
 
-    def datasets(self, experiment_uri: str) -> dict[str, Any]:
+    def setup(self, experiment_uri: str) -> dict[str, Any]:
         raise NotImplementedError
 
     def bad_clips(self) -> dict:
         return {"count": 0, "by_reason": {}, "clips": []}
+
+    def shutdown(self) -> None:
+        pass
+
+
+class PipelineFeed(DataFeed):
+    """The Ray Data pipeline (``tympan.distributed.pipeline``) behind a :class:`StreamRegistry`."""
+
+    def __init__(self, uri: str, method: str, method_cfg: Any, train: TrainConfig,
+                 max_workers: int = 1):
+        from tympan.distributed.pipeline import PipelineConfig, parse_data_uri
+
+        parse_data_uri(uri)                       # a bad URI is refused before Ray starts
+        if train.val_data:
+            parse_data_uri(train.val_data)
+        self.uri, self.method, self.method_cfg, self.train = uri, method, method_cfg, train
+        micro = max(1, train.batch_size // (max_workers * train.grad_accum))
+        kw = {} if train.shuffle_buffer is None else {"shuffle_buffer": train.shuffle_buffer}
+        # Every unit (a shard, a group of mixed clips) yields at least one example, so a run
+        # never needs more units than the examples it reads; planning 10,000 read tasks for a
+        # 40-example smoke run costs more than the run.
+        units = min(10_000, max(16, 2 * train.steps * train.batch_size))
+        self.pcfg = PipelineConfig(batch_size=micro, seed=train.seed, max_units=units, **kw)
+        self.registry = None
+
+    @property
+    def shuffle_buffer(self) -> int:
+        return self.pcfg.shuffle_buffer
+
+    def setup(self, experiment_uri: str) -> dict[str, Any]:
+        import uuid
+
+        import ray
+
+        self.registry_name = f"tympan-streams-{uuid.uuid4().hex[:12]}"
+        n_val = self.train.val_batches * self.train.batch_size
+        self.registry = StreamRegistry.options(name=self.registry_name).remote(
+            self.uri, self.method, self.method_cfg, self.pcfg, experiment_uri, self.train.val_data,
+            max(n_val, 1))
+        out: dict[str, Any] = {"train": StreamFactory(self.registry_name)}
+        if n_val:
+            out["val"] = ray.get(self.registry.val_dataset.remote())
+        return out
+
+    def bad_clips(self) -> dict:
+        import ray
+
+        return ray.get(self.registry.bad_clips.remote())
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self.registry is not None:
+            ray.kill(self.registry)
+            self.registry = None
 
 
 def _experiment_uri(storage: str, name: str) -> str:
@@ -518,9 +667,10 @@ def load_run_record(out: str | Path) -> dict | None:
 
 
 def _init_ray(address: str | None):
-    import ray
-
+    """``--address``, else RAY_ADDRESS (set under ``ray job submit``), else an embedded local
+    cluster: never an unrelated cluster that happens to run on this machine."""
     if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, configure_logging=False)
     return ray
 
@@ -546,7 +696,7 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
         raise ConfigError("--name", spec.name, f"a run of this name exists ({out}); pass --resume "
                           "to continue it or choose another --name / --out")
     if feed is None:
-        feed = PipelineFeed(spec.data, spec.method, method_cfg, train)   # parses the URI
+        feed = PipelineFeed(spec.data, spec.method, method_cfg, train, spec.workers[1])  # parses the URI
     tracking_uri = resolve_tracking_uri(spec.tracking_uri, out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -582,9 +732,11 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
     from ray.data import DataContext
     DataContext.get_current().enable_progress_bars = False
 
+    datasets = feed.setup(exp_uri)
     loop_config = {"method": spec.method, "method_cfg": to_dict(method_cfg), "train": to_dict(train),
                    "tracking_uri": tracking_uri, "run_id": run_id, "experiment_uri": exp_uri,
-                   "threads": max(1, int(res["CPU"]))}
+                   "threads": max(1, int(res["CPU"])), "streams": feed.registry_name,
+                   "shuffle_buffer": getattr(feed, "shuffle_buffer", 0)}
     num_workers = spec.workers[0] if spec.workers[0] == spec.workers[1] else tuple(spec.workers)
     trainer = TorchTrainer(
         train_func, train_loop_config=loop_config,
@@ -593,19 +745,20 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
         run_config=RunConfig(name=spec.name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=train.num_to_keep)),
-        datasets=feed.datasets(exp_uri),
-        dataset_config=DataConfig(datasets_to_split=["train"]))
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]))
     t0 = time.perf_counter()
     try:
         result = trainer.fit()
     except (TrainingFailedError, KeyboardInterrupt) as e:
         tracker.end("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
+        feed.shutdown()
         raise PretrainError(f"pretraining {spec.name} failed: {e}; the latest checkpoint is kept "
                             f"under {redact(exp_uri)} (rerun with --resume --name {spec.name})") from e
 
     # 3. summary, artifacts
     m = dict(result.metrics or {})
     bad = feed.bad_clips()
+    feed.shutdown()
     ckpt_uri = f"{exp_uri}/{ck.checkpoint_dir_name(int(m.get('step', train.steps)))}/{ck.CHECKPOINT_FILE}"
     summary = {"method": spec.method, "name": spec.name, "steps": int(m.get("step", train.steps)),
                "workers": int(m.get("world_size", spec.workers[1])),
