@@ -626,7 +626,12 @@ class PipelineFeed(DataFeed):
 
         self.registry_name = f"tympan-streams-{uuid.uuid4().hex[:12]}"
         n_val = self.train.val_batches * self.train.batch_size
-        self.registry = StreamRegistry.options(name=self.registry_name).remote(
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the driver's node: it holds the streams' ledgers, which must outlive any node the
+        # training workers may lose.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.registry = StreamRegistry.options(name=self.registry_name, scheduling_strategy=here).remote(
             self.uri, self.method, self.method_cfg, self.pcfg, experiment_uri, self.train.val_data,
             max(n_val, 1))
         out: dict[str, Any] = {"train": StreamFactory(self.registry_name)}

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job on embedded defaults: corpus, pretrain, evaluate")
     demo.add_argument("--out", default=None, help="run directory (default: runs/demo)")
     demo.add_argument("overrides", nargs="*",
-                      help="key=value overrides of the demo config (method, steps, batch_size, scale, seed, tasks)")
+                      help="key=value overrides of the demo config (method, steps, batch_size, workers, scale, seed, tasks)")
     demo.set_defaults(func=_cmd_demo)
 
     data = sub.add_parser("data", help="corpora: ingest, shard, inspect, build the offline corpora")
