@@ -15,6 +15,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -43,8 +45,10 @@ def two_nodes():
         cluster.shutdown()
 
 
-def _run(cluster, out: Path, data: Path, workers: str, on_step, at_step: int = 3) -> tuple[int, list[str]]:
-    """Run pretrain against ``cluster``; call ``on_step(pids)`` once step ``at_step`` is logged."""
+def _run(cluster, out: Path, data: Path, workers: str, on_checkpoint) -> tuple[int, list[str]]:
+    """Run pretrain against ``cluster``; once the first checkpoint (step EVERY) is persisted
+    and every worker's pid is known, call ``on_checkpoint(pids)``: the fault hits a run that is
+    past a checkpoint and before its end."""
     argv = [PYTHON, "-u", "-m", "tympan", "pretrain", "--method", "triplet", "--data", str(data),
             "--address", cluster.address, "--workers", workers, "--out", str(out),
             f"steps={STEPS}", "batch_size=8", f"checkpoint_every={EVERY}", "log_every=1",
@@ -52,18 +56,28 @@ def _run(cluster, out: Path, data: Path, workers: str, on_step, at_step: int = 3
             *tiny("triplet")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=cli_env())
-    pids, lines, fired = {}, [], False
-    for line in proc.stdout:
-        lines.append(line)
-        m = re.search(r"\[tympan\] rank (\d+)/\d+ pid (\d+)", line)
-        if m:
-            pids[int(m.group(1))] = int(m.group(2))
-        m = re.search(r"\[tympan\] step (\d+)/", line)
-        if m and int(m.group(1)) >= at_step and not fired:
-            fired = True
-            on_step(dict(pids))
-    assert fired, "".join(lines[-60:])
-    return proc.wait(timeout=600), lines
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    first = out / "checkpoints" / out.name / f"step-{EVERY:08d}" / "checkpoint.pt"
+    n_workers = int(workers.split("-")[-1])
+    deadline = time.time() + 1200
+    while time.time() < deadline and proc.poll() is None:
+        pids = {}
+        for line in list(lines):
+            m = re.search(r"\[tympan\] rank (\d+)/\d+ pid (\d+)", line)
+            if m:
+                pids[int(m.group(1))] = int(m.group(2))
+        if first.exists() and len(pids) == n_workers:
+            on_checkpoint(pids)
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        raise AssertionError("no checkpoint / worker pids before the run ended:\n" + "".join(lines[-60:]))
+    rc = proc.wait(timeout=1200)
+    reader.join(timeout=30)
+    return rc, lines
 
 
 def _sessions(tracking: str, run_id: str):
@@ -91,7 +105,7 @@ def test_killed_worker_restores_latest_checkpoint(two_nodes, tmp_path):
     assert restored % EVERY == 0 and restored >= EVERY
     assert max(before) - restored <= EVERY        # lost at most one checkpoint interval
     assert max(after) == STEPS
-    assert any(f"pid {killed[0]}" in l for l in lines)
+    assert killed
 
 
 def test_elastic_run_finishes_on_one_worker_with_the_same_global_batch(two_nodes, tmp_path):

@@ -52,7 +52,9 @@ def _infra_commands() -> list[tuple[str, list[str]]]:
         for doc in yaml.safe_load_all(path.read_text()):
             for s in _strings(doc):
                 found += [(path.name, c) for c in _commands(s)]
-    found += [("Dockerfile", c) for c in _commands((INFRA / "Dockerfile").read_text())]
+    docker = "\n".join(l for l in (INFRA / "Dockerfile").read_text().splitlines()
+                        if not l.lstrip().startswith("#"))
+    found += [("Dockerfile", c) for c in _commands(docker)]
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Running at scale", 1)[1].split("\n## ", 1)[0]
     for block in re.findall(r"```(?:\w*)\n(.*?)```", section, re.S):
