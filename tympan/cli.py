@@ -142,6 +142,22 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from tympan.distributed.bench_train import (BenchTrainConfig, run_bench_train, to_json,
+                                                write_markdown)
+
+    res = run_bench_train(BenchTrainConfig(quick=args.quick, methods=tuple(args.methods or ()),
+                                           steps=args.steps, work=args.work))
+    if args.json:
+        to_json(res, args.json)
+    md = args.out or (None if args.quick else "docs/benchmarks.md")
+    if md:
+        flags = ["--quick" if args.quick else "", *(["--methods", *args.methods] if args.methods else [])]
+        write_markdown(res, md, " ".join(["tympan bench train", *filter(None, flags)]))
+        print(f"written to {md}")
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,7 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks written to docs/benchmarks.md")
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     bsub.add_parser("data", help="data pipeline throughput").set_defaults(func=_not_built("bench data"))
-    bsub.add_parser("train", help="training throughput").set_defaults(func=_not_built("bench train"))
+    bt = bsub.add_parser("train", help="training throughput: Ray Train loop vs plain PyTorch per "
+                         "method, data-wait fraction with the pipeline")
+    bt.add_argument("--quick", action="store_true", help="fewer steps and shards; no markdown unless --out")
+    bt.add_argument("--methods", nargs="*", default=None, help="methods (default: all nine)")
+    bt.add_argument("--steps", type=int, default=0, help="steps per loop (default 40, quick 12)")
+    bt.add_argument("--json", default=None, help="also write the results as JSON")
+    bt.add_argument("--out", default=None,
+                    help="markdown report (default: docs/benchmarks.md for a full run)")
+    bt.add_argument("--work", default=None, help="folder for shards and runs (default: temporary)")
+    bt.set_defaults(func=_cmd_bench_train)
     return p
 
 
