@@ -1,4 +1,4 @@
-"""Spectrogram front ends: log-mel (paper default), mel128/256, linear, MFCC.
+"""Front ends: log-mel (paper default), mel128/256, linear, MFCC, and fast third-octave levels.
 
 Defaults follow Tagliasacchi et al. 2020 and Saeed et al. 2021 (COLA): 16 kHz mono, 25 ms
 window (400 samples), 10 ms hop (160), FFT 512, magnitude, 64 mel bins from 60 to 7800 Hz,
@@ -7,7 +7,10 @@ natural log with a floor of 1e-5 ("clip at 1e-5 before the log", google-research
 One implementation, two call sites: :class:`Frontend` is a torch module (runs on the training
 device) and :meth:`Frontend.numpy` runs the same module on CPU numpy batches inside Ray Data
 workers. Output is time-major, ``[..., T, F]``, with ``T = 1 + n_samples // hop_length``
-(centred frames, reflect padding).
+(centred frames, reflect padding). ``kind="third-octave"`` gives the 29 band levels in dB
+that acoustic sensor networks store, one frame per ``hop_length`` samples (125 ms in the
+preset), ``T = n_samples // hop_length`` (see :mod:`tympan.datasets.thirdoctave`; computed on
+CPU with numpy/scipy, not differentiable, like any fixed front end here).
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import torchaudio
 from torch import nn
 
 from tympan.config import check
+from tympan.datasets.thirdoctave import N_BANDS, third_octave_levels
 
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    kind: Literal["mel", "linear", "mfcc"] = "mel"
+    kind: Literal["mel", "linear", "mfcc", "third-octave"] = "mel"
     sample_rate: int = 16000
     n_fft: int = 512
     win_length: int = 400
@@ -41,9 +45,13 @@ class FrontendConfig:
     log_floor: float = 1e-5
 
     def __post_init__(self):
+        check(self.kind in ("mel", "linear", "mfcc", "third-octave"), "kind", self.kind,
+              "must be mel, linear, mfcc or third-octave")
         for key in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "n_mfcc"):
             v = getattr(self, key)
             check(v > 0, key, v, "must be positive")
+        if self.kind == "third-octave":
+            return          # levels in dB over frames of hop_length samples; no FFT settings
         check(self.win_length <= self.n_fft, "win_length", self.win_length,
               f"window longer than n_fft={self.n_fft}")
         check(self.hop_length <= self.win_length, "hop_length", self.hop_length,
@@ -64,18 +72,24 @@ class FrontendConfig:
     @property
     def n_features(self) -> int:
         """Size of the feature axis F."""
-        return {"mel": self.n_mels, "linear": self.n_fft // 2 + 1, "mfcc": self.n_mfcc}[self.kind]
+        return {"mel": self.n_mels, "linear": self.n_fft // 2 + 1, "mfcc": self.n_mfcc,
+                "third-octave": N_BANDS}[self.kind]
 
     @property
     def frames_per_second(self) -> float:
         return self.sample_rate / self.hop_length
 
     def n_frames(self, n_samples: int) -> int:
-        """Number of frames T for ``n_samples`` of audio (centred frames)."""
+        """Number of frames T for ``n_samples`` of audio (centred frames; third-octave: whole
+        frames from the first sample)."""
+        if self.kind == "third-octave":
+            return n_samples // self.hop_length
         return 1 + n_samples // self.hop_length
 
     def n_samples(self, n_frames: int) -> int:
         """Smallest number of samples that yields ``n_frames`` frames."""
+        if self.kind == "third-octave":
+            return n_frames * self.hop_length
         return (n_frames - 1) * self.hop_length
 
 
@@ -85,6 +99,9 @@ class FrontendConfig:
 PRESETS: dict[str, FrontendConfig] = {
     "logmel64": FrontendConfig(),
     "mfcc13": FrontendConfig(kind="mfcc", n_mels=40, f_min=20.0, f_max=8000.0, power=2.0),
+    # Fast third-octave levels as sensor networks store them: 29 bands, 125 ms frames.
+    "third-octave": FrontendConfig(kind="third-octave", n_fft=2000, win_length=2000,
+                                   hop_length=2000, f_min=20.0, f_max=8000.0),
     "l3-linear": FrontendConfig(kind="linear", n_fft=512, win_length=512, hop_length=80,
                                 f_min=0.0, f_max=8000.0),
     "l3-mel128": FrontendConfig(n_fft=2048, win_length=2048, hop_length=80, n_mels=128,
@@ -100,6 +117,8 @@ class Frontend(nn.Module):
     def __init__(self, cfg: FrontendConfig = FrontendConfig()):
         super().__init__()
         self.cfg = cfg
+        if cfg.kind == "third-octave":
+            return
         self.spectrogram = torchaudio.transforms.Spectrogram(
             n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
             power=cfg.power, center=True, pad_mode="reflect")
@@ -114,6 +133,10 @@ class Frontend(nn.Module):
                                  persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        if self.cfg.kind == "third-octave":
+            levels = third_octave_levels(wave.detach().cpu().numpy(), self.cfg.sample_rate,
+                                         frame_s=self.cfg.hop_length / self.cfg.sample_rate)
+            return torch.from_numpy(levels).to(wave.device)
         x = self.spectrogram(wave)                     # [..., F_stft, T]
         if self.mel is not None:
             x = self.mel(x)                            # [..., n_mels, T]

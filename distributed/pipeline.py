@@ -18,7 +18,8 @@ for another stage; the local shuffle buffer is applied where the batches are rea
 Bad clips never stop a run and are never silent: every record is decoded inside its own
 ``try``; a corrupt FLAC, a cut member or tar stream, a record without its frames (AV methods)
 or transcript (audio-text), an empty clip is dropped and reported (clip id, reason, shard) to a
-small named Ray actor, together with the number of examples each unit produced.
+small Ray actor (:mod:`tympan.distributed.ledger`), with the number of examples each unit
+produced.
 :meth:`Pipeline.bad_clips` reads it; nothing fails as a whole block.
 
 Determinism: unit ``k`` (epoch ``k // units_per_epoch``) is a pure function of (source, seed,
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
@@ -49,11 +51,12 @@ from torch import Tensor, nn
 from tympan.config import ConfigError, check
 from tympan.datasets.clip import Clip
 from tympan.datasets.frontend import Frontend, deferred_frontend
+from tympan.distributed.ledger import BadClip, session_ledger
 from tympan.distributed.sources import (AVPlan, AVSource, Bad, DataSource, MixerPlan, MixerSource,
                                         Plan, ShardPlan, ShardSource, parse_data_uri)
 from tympan.methods.registry import METHODS, get_method
 
-__all__ = ["PipelineConfig", "Position", "BadClips", "Pipeline", "build_pipeline",
+__all__ = ["PipelineConfig", "Position", "BadClip", "BadClips", "Pipeline", "build_pipeline",
            "parse_data_uri", "DataSource", "DeviceFrontend", "FRONTEND_KEYS"]
 
 # Batch keys each method's front end produces: shipped as waveform crops with frontend="device".
@@ -114,14 +117,6 @@ class Position:
 
 
 @dataclass(frozen=True)
-class BadClip:
-    clip_id: str
-    reason: str
-    where: str
-    epoch: int
-
-
-@dataclass(frozen=True)
 class BadClips:
     clips: tuple[BadClip, ...] = ()
 
@@ -143,24 +138,6 @@ class BadClips:
         """JSON-able: ``{"total", "counts", "clips": [{clip_id, reason, where, epoch}]}``."""
         return {"total": self.total, "counts": self.counts,
                 "clips": [dataclasses.asdict(c) for c in self.clips]}
-
-
-@ray.remote(num_cpus=0)
-class _Ledger:
-    """Bad clips and per-unit example counts, reported by the read tasks. Keyed by unit, so a
-    retried task does not count twice."""
-
-    def __init__(self):
-        self.bad: dict[tuple, BadClip] = {}
-        self.examples: dict[int, int] = {}
-
-    def report(self, unit: int, epoch: int, examples: int, bad: list[tuple[str, str, str]]) -> None:
-        self.examples[unit] = examples
-        for clip_id, reason, where in bad:
-            self.bad[(unit, clip_id, reason, where)] = BadClip(clip_id, reason, where, epoch)
-
-    def snapshot(self) -> tuple[list[BadClip], dict[int, int]]:
-        return list(self.bad.values()), dict(self.examples)
 
 
 class DeviceFrontend(nn.Module):
@@ -189,6 +166,7 @@ class DeviceFrontend(nn.Module):
 # ---- the one stage: unit -> decoded clips -> views ------------------------------------------------
 @dataclass(frozen=True)
 class _Stage:
+    pipeline: str                         # id in the session ledger
     method: str
     method_cfg: Any
     cfg: PipelineConfig
@@ -240,18 +218,29 @@ def _run_unit(stage: _Stage, plan_key: str, plan_ref, ledger, unit: int) -> Iter
     examples = 0
     group, min_group = stage.cfg.group_size, _MIN_GROUP.get(stage.method, 1)
     good: list[Clip] = []
+    seconds = [0.0, 0.0]          # read + decode, views (front end + sampling)
 
     def emit(clips: list[Clip]):
         nonlocal examples
+        t0 = time.perf_counter()
         try:
             out = _sample(stage, clips, rng)
         except Exception as e:     # a sampler error loses these clips, never silently
-            bad.extend(Bad(c.clip_id, "sampler_error", f"{type(e).__name__}: {e}") for c in clips)
+            why = f"{plan.where(unit)}: {type(e).__name__}: {e}"
+            bad.extend(Bad(c.clip_id, "sampler_error", why) for c in clips)
             return None
+        finally:
+            seconds[1] += time.perf_counter() - t0
         examples += len(clips)
         return BlockAccessor.batch_to_block(out)
 
-    for item in plan.clips(unit, frames=stage.method in _NEEDS_FRAMES):
+    items = iter(plan.clips(unit, frames=stage.method in _NEEDS_FRAMES))
+    while True:
+        t0 = time.perf_counter()
+        item = next(items, None)
+        seconds[0] += time.perf_counter() - t0
+        if item is None:
+            break
         if isinstance(item, Bad):
             bad.append(item)
             continue
@@ -265,14 +254,17 @@ def _run_unit(stage: _Stage, plan_key: str, plan_ref, ledger, unit: int) -> Iter
             good = good[group:]
             if block is not None:
                 yield block
+    last = None
     if len(good) >= min_group:
-        block = emit(good)
-        if block is not None:
-            yield block
+        last = emit(good)
     else:
         bad.extend(Bad(c.clip_id, "unpaired", plan.where(unit)) for c in good)
-    ray.get(ledger.report.remote(unit, unit // stage.units_per_epoch, examples,
-                                 [tuple(b) for b in bad]))
+    # Reported before the unit's last rows leave: once a consumer has read every example of a
+    # unit, its bad clips and example count are in the ledger.
+    ray.get(ledger.report.remote(stage.pipeline, unit, unit // stage.units_per_epoch, examples,
+                                 [tuple(b) for b in bad], tuple(seconds)))
+    if last is not None:
+        yield last
 
 
 class _ClipViewsDatasource(Datasource):
@@ -301,6 +293,7 @@ class Pipeline:
     units: range                          # unit ids this stream covers, in order
     plan: Plan
     device_frontend: DeviceFrontend
+    _id: str = ""
     _ledger: Any = field(repr=False, default=None)
 
     def iter_kwargs(self) -> dict[str, Any]:
@@ -322,8 +315,13 @@ class Pipeline:
 
     def bad_clips(self) -> BadClips:
         """Every clip dropped so far (all epochs), in unit order."""
-        clips, _ = ray.get(self._ledger.snapshot.remote())
+        clips, _ = ray.get(self._ledger.snapshot.remote(self._id))
         return BadClips(tuple(clips))
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Summed over the units finished so far: ``units``, ``examples``, ``read_decode_s``
+        (reading and decoding clips) and ``views_s`` (front end + view sampling), task seconds."""
+        return ray.get(self._ledger.stage_seconds.remote(self._id))
 
     def _position_of(self, unit: int) -> Position:
         epoch, slot = divmod(unit, self.plan.units_per_epoch)
@@ -337,7 +335,7 @@ class Pipeline:
         whose examples add up to at most ``examples_consumed - shuffle_buffer``. It never skips
         an example; it may replay up to one unit plus the shuffle buffer (with several workers,
         units are split among them in order, so the same bound holds approximately)."""
-        _, counts = ray.get(self._ledger.snapshot.remote())
+        _, counts = ray.get(self._ledger.snapshot.remote(self._id))
         budget = examples_consumed - self.cfg.shuffle_buffer
         unit = self.units.start
         for u in self.units:
@@ -390,15 +388,13 @@ def build_pipeline(source: DataSource | str, method: str, method_cfg: Any = None
                           f"{plan.units_per_epoch} units)")
     if not ray.is_initialized():
         ray.init()
-    name = f"tympan-bad-clips-{uuid.uuid4().hex[:12]}"
-    ledger = _Ledger.options(name=name).remote()
-    plan_key = uuid.uuid4().hex
+    ledger, pid = session_ledger(), uuid.uuid4().hex
     # The plan (all shard URIs) goes to the object store once, not into every read task.
-    stage = _Stage(method, method_cfg, cfg, plan.units_per_epoch)
-    fn = functools.partial(_run_unit, stage, plan_key, [ray.put(plan)], ledger)
+    stage = _Stage(pid, method, method_cfg, cfg, plan.units_per_epoch)
+    fn = functools.partial(_run_unit, stage, pid, [ray.put(plan)], ledger)
     units = range(first, stop)
     ds = ray.data.read_datasource(_ClipViewsDatasource(fn, units), override_num_blocks=len(units),
                                   num_cpus=cfg.cpus_per_task)
     ds.context.execution_options.preserve_order = True
     return Pipeline(ds, method, method_cfg, cfg, start, units, plan,
-                    DeviceFrontend(method, method_cfg, cfg.frontend), ledger)
+                    DeviceFrontend(method, method_cfg, cfg.frontend), pid, ledger)

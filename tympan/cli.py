@@ -26,6 +26,7 @@ def _not_built(what: str) -> Callable[[argparse.Namespace], int]:
 
 def _cmd_data_ingest(args: argparse.Namespace) -> int:
     from tympan.datasets.formats.registry import MetadataError, ingest
+    from tympan.datasets.manifest import ManifestError
     from tympan.datasets.storage import StorageError
 
     options = {}
@@ -40,9 +41,31 @@ def _cmd_data_ingest(args: argparse.Namespace) -> int:
             print("tympan data ingest: --full-videos applies to audioset only", file=sys.stderr)
             return 2
         options["full_videos"] = True
+    spectra = {"time_column": args.time_column, "bands": args.bands,
+               "sensor_column": args.sensor_column, "period_s": args.period}
+    given = [k for k, v in spectra.items() if v is not None] + (["split"] if args.split_by_sensor else [])
+    if given and args.format != "spectra":
+        print(f"tympan data ingest: {', '.join(given)} apply to spectra, not {args.format}", file=sys.stderr)
+        return 2
+    if args.format == "spectra":
+        options.update({k: v for k, v in spectra.items() if v is not None})
+        if args.split_by_sensor:
+            options["split"] = "by-sensor"
+    if args.split is not None:
+        if args.format != "nsynth":
+            print(f"tympan data ingest: --split applies to nsynth, not {args.format}",
+                  file=sys.stderr)
+            return 2
+        options["split"] = args.split
+    if args.allow_missing_lists:
+        if args.format != "speechcommands":
+            print("tympan data ingest: --allow-missing-lists applies to speechcommands only",
+                  file=sys.stderr)
+            return 2
+        options["allow_missing_lists"] = True
     try:
         report = ingest(args.format, args.src, args.out, media=args.media, **options)
-    except (MetadataError, StorageError) as e:
+    except (MetadataError, ManifestError, StorageError) as e:
         print(f"tympan data ingest: {e}", file=sys.stderr)
         return 1
     print(report.summary())
@@ -176,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     ing = dsub.add_parser("ingest", help="a corpus in its own format -> clip manifest (Parquet)")
     ing.add_argument("format", choices=["audioset", "esc50", "speechcommands", "nsynth", "vggsound",
-                                        "hear", "folder"])
+                                        "hear", "folder", "spectra"])
     ing.add_argument("src", help="corpus directory or URI prefix")
     ing.add_argument("--out", required=True, help="manifest path (.parquet)")
     ing.add_argument("--media", default=None, help="media root; default: SRC (esc50, nsynth: SRC/audio)")
@@ -186,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "start_ms, end_ms, start_06); default: the common layouts")
     ing.add_argument("--full-videos", action="store_true",
                      help="audioset media are whole videos: cut the segment window")
+    ing.add_argument("--time-column", default=None, help="spectra: the timestamp column (default: time/timestamp/date)")
+    ing.add_argument("--bands", default=None,
+                     help="spectra: band columns, a comma list or a regex whose first group is the centre frequency in Hz")
+    ing.add_argument("--sensor-column", default=None, help="spectra: sensor id column (default: the file name)")
+    ing.add_argument("--period", type=float, default=None, help="spectra: frame period in s (default 0.125)")
+    ing.add_argument("--split-by-sensor", action="store_true",
+                     help="spectra: assign whole sensors to train/valid/test (80/10/10 by a stable hash)")
+    ing.add_argument("--split", choices=["train", "valid", "test"], default=None,
+                     help="nsynth: the split of a single folder whose name does not tell it "
+                          "(default: from nsynth-train/valid/test)")
+    ing.add_argument("--allow-missing-lists", action="store_true",
+                     help="speechcommands: accept a copy without validation_list.txt / "
+                          "testing_list.txt (their clips then go to 'train', with a warning)")
     ing.set_defaults(func=_cmd_data_ingest)
 
     sh = dsub.add_parser("shard", help="manifest -> WebDataset tar shards (16 kHz FLAC) on Ray")

@@ -32,16 +32,33 @@ class MetadataError(ValueError):
 
 @dataclass
 class IngestReport:
-    """What an ingest did: rows written, media not found, labels dropped, warnings."""
+    """What an ingest did: rows written, media not found, items skipped, labels dropped, warnings.
+
+    Nothing listed in the metadata leaves the manifest unnamed: a clip whose media is absent is
+    in ``missing_media`` (with the file looked for in ``missing_files`` when the format names
+    one), a file that was seen but not taken is in ``skipped`` with the reason. ``ingest``
+    writes both lists next to the manifest.
+    """
     format: str
     src: str
     rows: int = 0
     splits: dict[str, int] = field(default_factory=dict)
     missing_media: list[str] = field(default_factory=list)    # clip ids without media
+    missing_files: dict[str, str] = field(default_factory=dict)  # clip id -> file looked for
+    skipped: dict[str, str] = field(default_factory=dict)     # file or entry -> why not taken
     dropped_labels: dict[str, int] = field(default_factory=dict)  # label -> rows it was dropped from
     warnings: list[str] = field(default_factory=list)
     manifest: str | None = None
     missing_list: str | None = None                            # file listing missing_media
+    skipped_list: str | None = None                            # file listing skipped
+
+    def add_missing(self, clip_id: str, looked_for: str | None = None) -> None:
+        self.missing_media.append(clip_id)
+        if looked_for is not None:
+            self.missing_files[clip_id] = looked_for
+
+    def skip(self, item: str, reason: str) -> None:
+        self.skipped[item] = reason
 
     def count_rows(self, rows: Sequence[Mapping[str, Any]]) -> None:
         self.rows = len(rows)
@@ -50,23 +67,48 @@ class IngestReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self) -> str:
+    def missing_lines(self) -> list[str]:
+        """``clip_id`` or ``clip_id<TAB>file looked for``, one per missing clip."""
+        return [f"{c}\t{self.missing_files[c]}" if c in self.missing_files else c
+                for c in self.missing_media]
+
+    def skipped_lines(self) -> list[str]:
+        return [f"{item}\t{reason}" for item, reason in self.skipped.items()]
+
+    def summary(self, examples: int = 5) -> str:
         lines = [f"{self.format}: {self.rows} clips from {self.src}"]
         if self.splits:
             lines.append("  splits: " + ", ".join(f"{k}={v}" for k, v in self.splits.items()))
         if self.missing_media:
             lines.append(f"  missing media: {len(self.missing_media)}"
-                         + (f" (listed in {self.missing_list})" if self.missing_list else ""))
+                         + (f" (all listed in {self.missing_list})" if self.missing_list else ""))
+            for c in self.missing_media[:examples]:
+                where = self.missing_files.get(c)
+                lines.append(f"    {c}: {where} not found" if where else f"    {c}")
+            if len(self.missing_media) > examples:
+                lines.append(f"    ... and {len(self.missing_media) - examples} more")
+        if self.skipped:
+            lines.append(f"  skipped: {len(self.skipped)}"
+                         + (f" (all listed in {self.skipped_list})" if self.skipped_list else ""))
+            for item, reason in list(self.skipped.items())[:examples]:
+                lines.append(f"    {item}: {reason}")
+            if len(self.skipped) > examples:
+                lines.append(f"    ... and {len(self.skipped) - examples} more")
         if self.dropped_labels:
             lines.append("  dropped labels: " + ", ".join(
                 f"{k} x{v}" for k, v in sorted(self.dropped_labels.items())))
-        for w in self.warnings[:10]:
-            lines.append(f"  warning: {w}")
-        if len(self.warnings) > 10:
-            lines.append(f"  ... and {len(self.warnings) - 10} more warnings")
+        lines += first_of(self.warnings, "  warning: ", "warnings")
         if self.manifest:
             lines.append(f"  manifest: {self.manifest}")
         return "\n".join(lines)
+
+
+def first_of(items: Sequence[str], prefix: str, noun: str, n: int = 10) -> list[str]:
+    """Report lines for the first ``n`` items, then how many more there are."""
+    out = [f"{prefix}{x}" for x in items[:n]]
+    if len(items) > n:
+        out.append(f"  ... and {len(items) - n} more {noun}")
+    return out
 
 
 def read_text(uri: str) -> str:
@@ -116,6 +158,29 @@ def parse_int(uri: str, lineno: int, name: str, value: str) -> int:
         return int(value)
     except ValueError:
         raise MetadataError(uri, lineno, f"{name} {value!r} is not an integer") from None
+
+
+def json_number(uri: str, where: str, name: str, value: Any, *, integer: bool = False,
+                lo: float | None = 0, hi: float | None = None) -> float | int:
+    """A number from a JSON value (a JSON number, or a string holding one), checked against
+    ``[lo, hi]``. ``where`` names the entry (JSON files have no useful line for one key), so a
+    message reads ``examples.json: <note>: pitch 'sixty' is not a number``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise MetadataError(uri, 0, f"{where}: {name} {value!r} is not a number")
+    try:
+        out = float(value)
+    except ValueError:
+        raise MetadataError(uri, 0, f"{where}: {name} {value!r} is not a number") from None
+    if out != out or out in (float("inf"), float("-inf")):
+        raise MetadataError(uri, 0, f"{where}: {name} {value!r} is not a finite number")
+    if integer:
+        if out != int(out):
+            raise MetadataError(uri, 0, f"{where}: {name} {value!r} is not an integer")
+        out = int(out)
+    if (lo is not None and out < lo) or (hi is not None and out > hi):
+        bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise MetadataError(uri, 0, f"{where}: {name} {value!r} must be {bounds}")
+    return out
 
 
 def split_ext(name: str) -> tuple[str, str]:

@@ -4,6 +4,8 @@
                                   synthesized: synth_tasks)
     OUT/manifests/<task>.parquet  tympan manifests of the tasks (+ av.parquet)
     OUT/av/...                    the audio-visual corpus and image set (offline_av)
+    OUT/sensors/...               a simulated acoustic sensor network: third-octave CSVs with
+                                  faults, their runs, the task sensor_sources (sensors.py)
     OUT/pretrain/                 sources.json + WebDataset shards of the pretraining mix
     OUT/tasks.md                  the generated table of tasks (classes, sizes, chance, baseline)
     OUT/report.json               what was built, how long each part took
@@ -31,7 +33,7 @@ from tympan.datasets.offline.tasks import TaskInfo, read_task_info, write_tasks_
 log = logging.getLogger(__name__)
 # Version of the set of parts and what each writes. Markers from another layout would skip parts
 # whose output changed (layout 1 had a separate task language_id_human), so they are dropped.
-LAYOUT = 2
+LAYOUT = 3          # 3: + sensors
 STALE_TASKS = ("language_id_human",)
 
 
@@ -134,6 +136,11 @@ def build_offline(out: str | os.PathLike, scale: str = "small", seed: int = 0,
             from tympan.datasets.offline.av import build_av_corpus
             return build_av_corpus(out, sizes.av, seed, cache)
         report["av"] = _run_part(out, "av", av, report)
+
+    def sensors() -> dict:
+        from tympan.datasets.offline.sensors import build_sensor_network
+        return build_sensor_network(out, sizes.sensors, seed, cache)
+    report["sensors"] = _run_part(out, "sensors", sensors, report)
 
     def pretrain() -> dict:
         from tympan.datasets.offline.pretrain import (PretrainMixer, collect_sources, write_pretrain_shards,

@@ -45,6 +45,12 @@ class AVScale:
 
 
 @dataclass(frozen=True)
+class SensorScale:
+    sensors: int               # simulated sensors (1/6 test, 1/6 valid, the rest train)
+    minutes: float             # recorded minutes per sensor (10-s windows between downtime)
+
+
+@dataclass(frozen=True)
 class PretrainScale:
     clips: int                 # 10 s clips written as shards
     shard_size: int
@@ -56,6 +62,7 @@ class Scale:
     recorded: RecordedScale
     synth: SynthScale
     av: AVScale
+    sensors: SensorScale
     pretrain: PretrainScale
 
 
@@ -73,6 +80,7 @@ SCALES = {
                          pitch_per_class=(8, 2, 4)),
         av=AVScale(clip_s=2.0, fps=8, clips_per_object=2, tuxpaint_objects=24,
                    images_per_object=(4, 1, 1)),
+        sensors=SensorScale(sensors=6, minutes=6.0),
         pretrain=PretrainScale(clips=96, shard_size=32)),
     "full": Scale(
         "full",
@@ -84,6 +92,7 @@ SCALES = {
                          pitch_per_class=(40, 6, 12)),
         av=AVScale(clip_s=4.0, fps=12, clips_per_object=4, tuxpaint_objects=0,
                    images_per_object=(30, 5, 5)),
+        sensors=SensorScale(sensors=18, minutes=60.0),
         pretrain=PretrainScale(clips=4000, shard_size=250)),
 }
 

@@ -62,6 +62,9 @@ def test_one_epoch_yields_every_clip_once(ray_cluster, shard_set):
     p = build_pipeline(str(root), "temporal-gap", cfg=cfg, epochs=2)
     ids = Counter(i for b in p.iter_batches() for i in b["clip_id"])
     assert ids == Counter({c.clip_id: 2 for c in clips})
+    stages = p.stage_seconds()                       # what `tympan bench data` reads per stage
+    assert stages["units"] == 6 and stages["examples"] == 36
+    assert stages["read_decode_s"] > 0 and stages["views_s"] > 0
 
 
 def test_same_seed_same_batches_other_seed_differs(ray_cluster, shard_set):

@@ -248,7 +248,8 @@ def test_hear_scene_task_folder(tmp_path):
             tone(task / str(sr) / split / f"{name}.wav", seconds=0.5, sr=sr)
     report = ingest("hear", str(task), str(tmp_path / "hear.parquet"))
     rows = by_id(read_manifest(tmp_path / "hear.parquet"))
-    assert report.splits == {"test": 1, "train": 2} and report.missing_media == ["test/d.wav"]
+    assert report.splits == {"test": 1, "train": 2} and report.missing_media == ["test/d"]
+    assert report.missing_files["test/d"] == str(task / "16000" / "test" / "d.wav")
     assert rows["train/b"]["labels"] == ["rain"] and "/16000/train/b.wav" in rows["train/b"]["source"]
     (task / "test.json").write_text(json.dumps({"c.wav": ["cat"]}))
     with pytest.raises(MetadataError, match=r"test.json: c.wav: labels \['cat'\] not in"):

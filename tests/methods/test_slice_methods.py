@@ -25,7 +25,7 @@ from tympan.methods.encoders import count_parameters
 from tympan.methods.registry import build_method, get_method, load_method
 
 sys.path.insert(0, str(Path(__file__).parent))
-from learning import train_and_compare  # noqa: E402
+from learning import assert_mean_margin, train_and_compare  # noqa: E402
 
 NAMES = ["audio2vec-cbow", "audio2vec-skipgram", "temporal-gap", "triplet", "cola"]
 SMALL_FE = {"n_mels": 32}
@@ -39,12 +39,22 @@ SMALL = {
                  embed_hop_frames=24),
 }
 # How each learns in the test: steps, and batch / lr where they differ from small_cfg's.
-# Measured at init seeds 0-3 (docs/methods.md "What the tests show"); the test runs seed 0.
+# Measured at init seeds 0-2 and 1-2 threads (docs/methods.md "What the tests show"); the test
+# trains seed 0, or the seeds SEEDS names.
 LEARN = {"audio2vec-cbow": dict(steps=900, batch_size=32),
          "audio2vec-skipgram": dict(steps=600),
          "temporal-gap": dict(steps=300),
          "triplet": dict(steps=300),
          "cola": dict(steps=600, lr=3e-3)}
+# The least lead of the trained probe over both random-init baselines (learning.py; the mean
+# over SEEDS where given): below every margin measured at torch threads 1 and 2 by more than a
+# change of thread count moved it (docs/methods.md, "What the tests show").
+MARGIN = {"audio2vec-cbow": 0.03, "audio2vec-skipgram": 0.02, "temporal-gap": 0.02,
+          "triplet": 0.06, "cola": 0.05}
+# COLA's and temporal-gap's trained probes move with the training path (a change of torch thread
+# count moved them by 0.05-0.06 at one seed; COLA fell to random init on one machine:
+# docs/methods.md), so their verdict is the mean margin over three init seeds.
+SEEDS = {"temporal-gap": (0, 1, 2), "cola": (0, 1, 2)}
 # The slice/crop span each sampler emits, per (full-size) default config.
 SPAN = {"audio2vec-cbow": 96, "audio2vec-skipgram": 96, "temporal-gap": 96, "triplet": 96, "cola": 96}
 
@@ -56,10 +66,11 @@ def small_cfg(name: str, batch_size: int = 16, lr: float | None = None):
 
 
 def synthetic_data() -> dict:
-    """The learning test's clips: 96 to train on, 256 + 256 held-out probe clips (4 classes)."""
+    """The learning test's clips: 96 to train on, 256 + 256 held-out probe clips (4 classes;
+    probed both ways, so 512 test clips, one clip = 0.2 %)."""
     return {"train": synthetic_clips(96, seed=1, duration_s=4.0),
-            "probe_train": synthetic_clips(256, seed=7, duration_s=2.0),
-            "probe_test": synthetic_clips(256, seed=8, duration_s=2.0)}
+            "probe_a": synthetic_clips(256, seed=7, duration_s=2.0),
+            "probe_b": synthetic_clips(256, seed=8, duration_s=2.0)}
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +83,16 @@ def learn(name: str, data, seed: int = 0):
     how = dict(LEARN[name])
     steps = how.pop("steps")
     return train_and_compare(get_method(name), small_cfg(name, **how), data["train"],
-                             data["probe_train"], data["probe_test"], steps=steps, seed=seed)
+                             data["probe_a"], data["probe_b"], steps=steps, seed=seed)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_learns_on_synthetic_clips(name, data):
-    result = learn(name, data)
-    print(f"{name}: {result}")
-    assert result.loss_ratio < 0.8, f"{name}: {result}"
-    result.assert_beats_random_init()
+    results = [learn(name, data, seed) for seed in SEEDS.get(name, (0,))]
+    for r in results:
+        print(f"{name}: {r}")
+        assert r.loss_ratio < 0.8, f"{name}: {r}"
+    assert_mean_margin(results, MARGIN[name])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -122,7 +134,7 @@ def test_checkpoint_round_trip(name, data, tmp_path):
     torch.save(model.payload(), path)
     loaded = load_method(path)
     assert type(loaded) is type(model) and loaded.cfg == cfg
-    wave = torch.from_numpy(np.stack([c.audio for c in data["probe_test"][:3]]))
+    wave = torch.from_numpy(np.stack([c.audio for c in data["probe_b"][:3]]))
     model.eval()
     with torch.no_grad():
         a, ta = model.embed_frames(wave)

@@ -1,0 +1,370 @@
+"""Sensor spectra: CSV files of timestamped fast third-octave frames -> continuous runs.
+
+Acoustic sensor networks (e.g. CENSE, Lorient) store 29 third-octave band levels in dB every
+125 ms, one CSV per sensor and period (Gontier et al., Sensors 2017). Continuity is the data's
+main fault: sensors go down, clocks jump, rows repeat. A manifest row here is one *continuous
+run* of frames of one sensor; slicing into samples happens later and never straddles a run
+boundary.
+
+Reading (pyarrow's CSV engine, streamed in blocks, so a year of one sensor is minutes):
+- the time column: ``time_column`` or the first column named like time/timestamp/date; ISO 8601
+  strings or epoch seconds / milliseconds (told apart by magnitude);
+- band columns: ``bands`` as a comma list of column names or a regular expression whose first
+  group is the centre frequency in Hz; default: the columns named after the 29 centre
+  frequencies (``31.5``, ``31.5Hz``, ``1000 Hz``, ``1.25k``...), in frequency order;
+- the sensor: ``sensor_column`` (several sensors per file) or the file name's stem.
+
+Faults, each counted by reason in the report:
+- malformed rows (wrong column count, empty line, bad timestamp, non-numeric or NaN level, a
+  level outside [-50, 200] dB) are refused with ``file:line: reason``; the file goes on;
+- a row identical to the previous one of its sensor (same time, same levels) is dropped;
+- a gap (step > 1.5 periods), a backwards jump or a repeated time with other levels ends a
+  run; the period is the median step, checked against the expected 125 ms.
+Manifest row per run: ``clip_id = {sensor}@{start time ISO}``, ``source`` the CSV,
+``start_s``/``end_s`` seconds from the file's earliest frame (a clock that jumps back
+makes a later run start earlier), ``meta`` = sensor, epoch start
+``t0``, ``period_s``, ``frames``, ``lines`` [first, last], ``columns`` (the band columns in
+frequency order) and ``bands_hz``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from tympan.datasets import storage
+from tympan.datasets.formats.common import IngestReport, MetadataError, first_of, list_relative
+from tympan.datasets.manifest import make_row
+from tympan.datasets.thirdoctave import CENTRES_HZ, N_BANDS, NOMINAL_HZ
+
+Rows = list[dict[str, Any]]
+EXPECTED_PERIOD_S = 0.125
+LEVEL_RANGE_DB = (-50.0, 200.0)
+_TIME_NAMES = re.compile(r"^(time|timestamp|date|datetime|epoch|t)(_?(utc|s|ms))?$", re.I)
+_FREQ_NAME = re.compile(r"^\s*(?:f|band_?|lz?eq_?)?(\d+(?:\.\d+)?)\s*(k)?\s*(?:hz)?\s*$", re.I)
+
+
+@dataclass
+class SpectraReport(IngestReport):
+    sensors: int = 0
+    runs: int = 0
+    frames: int = 0
+    hours: float = 0.0
+    period_s: float | None = None
+    gaps: int = 0
+    gap_hours: float = 0.0
+    dropped: dict[str, int] = field(default_factory=dict)     # reason -> rows
+    rejected: list[str] = field(default_factory=list)         # "file:line: reason", every one
+    rejected_list: str | None = None                          # M.rejected_rows.txt
+
+    def refuse(self, uri: str, line: int, reason: str, kind: str) -> None:
+        self.dropped[kind] = self.dropped.get(kind, 0) + 1
+        self.rejected.append(f"{uri}:{line}: {reason}")
+
+    def summary(self) -> str:
+        lines = [super().summary(),
+                 f"  sensors {self.sensors}, runs {self.runs}, frames {self.frames}, "
+                 f"{self.hours:.2f} h, period {self.period_s} s",
+                 f"  gaps {self.gaps} ({self.gap_hours:.2f} h)"]
+        if self.dropped:
+            lines.append("  rows dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())))
+        lines += first_of(self.rejected, "  refused ", "refused rows")
+        if self.rejected_list:
+            lines.append(f"  refused rows listed in {self.rejected_list}")
+        return "\n".join(lines)
+
+
+def _band_of(name: str) -> int | None:
+    m = _FREQ_NAME.match(name)
+    if not m:
+        return None
+    hz = float(m.group(1)) * (1000.0 if m.group(2) else 1.0)
+    i = int(np.argmin(np.abs(np.log(CENTRES_HZ / hz))))
+    return i if abs(hz / NOMINAL_HZ[i] - 1) < 0.03 or abs(hz / CENTRES_HZ[i] - 1) < 0.03 else None
+
+
+def band_columns(uri: str, header: list[str], bands: str | None) -> list[str]:
+    """The band columns in frequency order (see the module doc); a MetadataError names what
+    is missing."""
+    if bands and ("," in bands or bands in header):
+        cols = [c.strip() for c in bands.split(",")]
+        missing = [c for c in cols if c not in header]
+        if missing:
+            raise MetadataError(uri, 1, f"band columns {missing} not in the header {header}")
+        return cols
+    found: dict[int, str] = {}
+    if bands:
+        try:
+            rx = re.compile(bands)
+        except re.error as e:
+            raise MetadataError(uri, 0, f"--bands {bands!r} is not a regular expression: {e}") from None
+        for c in header:
+            m = rx.search(c)
+            if m and m.groups():
+                i = _band_of(m.group(1))
+                if i is not None:
+                    found[i] = c
+    else:
+        for c in header:
+            i = _band_of(c)
+            if i is not None:
+                found[i] = c
+    if not found:
+        raise MetadataError(uri, 1, f"no third-octave band columns in the header {header}; "
+                            "name them with --bands")
+    missing = [NOMINAL_HZ[i] for i in range(N_BANDS) if i not in found]
+    if bands is None and missing:
+        raise MetadataError(uri, 1, f"band columns for {missing} Hz not found in the header; "
+                            "name the columns with --bands")
+    return [found[i] for i in sorted(found)]
+
+
+def _time_column(uri: str, header: list[str], name: str | None) -> str:
+    if name:
+        if name not in header:
+            raise MetadataError(uri, 1, f"time column {name!r} not in the header {header}")
+        return name
+    for c in header:
+        if _TIME_NAMES.match(c.strip()):
+            return c
+    raise MetadataError(uri, 1, f"no time column (time/timestamp/date) in the header {header}; "
+                        "name it with --time-column")
+
+
+@dataclass
+class Frames:
+    """One block of well-formed rows of one file, in file order."""
+    sensor: np.ndarray        # object [N]
+    time: np.ndarray          # float64 [N], epoch seconds
+    levels: np.ndarray        # float32 [N, n_bands]
+    line: np.ndarray          # int64 [N], 1-based line numbers in the file
+
+
+def _epoch_seconds(col: pa.Array, mode: list[str]) -> np.ndarray:
+    """float64 epoch seconds, NaN where a value does not parse. Whether the file's times are
+    ISO 8601, epoch seconds or epoch milliseconds is decided on its first block (``mode``)."""
+    import pandas as pd
+
+    try:
+        num = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):      # some rows are not numbers
+        num = pd.to_numeric(pd.Series(col.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
+    if not mode:
+        finite = num[np.isfinite(num)]
+        if finite.size * 2 < len(num):
+            mode.append("iso")
+        else:
+            mode.append("ms" if np.median(np.abs(finite)) > 1e11 else "s")
+    if mode[0] != "iso":
+        return num / (1000.0 if mode[0] == "ms" else 1.0)
+    ts = pd.to_datetime(pd.Series(col.to_numpy(zero_copy_only=False)), utc=True, format="ISO8601",
+                        errors="coerce")
+    # seconds since the epoch whatever pandas' resolution (us or ns); NaT -> NaN
+    return ((ts - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(np.float64, na_value=np.nan)
+
+
+def _levels(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """float32 values and a 'not a number' mask (NaN where the text is not a number)."""
+    try:
+        v = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        return v.astype(np.float32), np.zeros(len(v), bool)
+    except pa.ArrowInvalid:
+        import pandas as pd
+        s = pd.Series(col.to_numpy(zero_copy_only=False))
+        v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64)
+        text_nan = s.str.strip().str.lower().isin(["nan", "-nan", "+nan"]).to_numpy()
+        return v.astype(np.float32), np.isnan(v) & ~text_nan
+
+
+def read_frames(uri: str, report: SpectraReport, *, time_column: str | None = None,
+                bands: str | None = None, sensor_column: str | None = None,
+                block_size: int = 16 << 20) -> Iterator[Frames]:
+    """Well-formed rows of one sensor CSV, block by block; malformed rows are refused into
+    ``report`` (``file:line: reason``). Shared by ingest and by the shard writer."""
+    with storage.open_input(uri) as f:
+        head = f.readline().decode("utf-8", "replace").strip("\r\n")
+    header = [h.strip() for h in head.split(",")]
+    tcol = _time_column(uri, header, time_column)
+    cols = band_columns(uri, header, bands)
+    if sensor_column and sensor_column not in header:
+        raise MetadataError(uri, 1, f"sensor column {sensor_column!r} not in the header {header}")
+    default_sensor = PurePosixPath(uri.rstrip("/")).stem
+    skipped: list[int] = []
+
+    def invalid(row) -> str:
+        skipped.append(row.number)
+        report.refuse(uri, row.number, f"{row.actual_columns} columns, expected "
+                      f"{row.expected_columns}", "wrong column count")
+        return "skip"
+
+    unit: list[str] = []
+    done = 0          # rows delivered by the reader so far (well-formed or not)
+    with storage.open_input(uri) as f:
+        reader = pacsv.open_csv(
+            f, read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=invalid, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}))
+        for batch in reader:
+            n = batch.num_rows
+            # line of kept row j: j + 2 + (skipped lines before it)
+            idx = np.arange(done, done + n)
+            s = np.asarray(sorted(skipped), dtype=np.int64)
+            before = s - 2 - np.arange(len(s))
+            lines = idx + 2 + np.searchsorted(before, idx, side="right")
+            done += n
+            tab = batch
+            t = _epoch_seconds(tab.column(tcol), unit)
+            lv = np.empty((n, len(cols)), np.float32)
+            bad_text = np.zeros(n, bool)
+            for k, c in enumerate(cols):
+                lv[:, k], nan_text = _levels(tab.column(c))
+                bad_text |= nan_text
+            empty = np.ones(n, bool)
+            for c in header:
+                empty &= (pc.utf8_length(pc.fill_null(tab.column(c), "")).to_numpy(zero_copy_only=False) == 0)
+            ok = np.ones(n, bool)
+            for mask, kind in ((empty, "empty line"), (~empty & ~np.isfinite(t), "bad timestamp"),
+                               (~empty & bad_text, "non-numeric level"),
+                               (~empty & ~bad_text & np.isnan(lv).any(1), "NaN level"),
+                               (~empty & ~bad_text & ((lv < LEVEL_RANGE_DB[0]) | (lv > LEVEL_RANGE_DB[1])).any(1),
+                                "impossible level")):
+                hit = mask & ok
+                for j in np.flatnonzero(hit):
+                    detail = kind
+                    if kind == "bad timestamp":
+                        detail = f"bad timestamp {tab.column(tcol)[j].as_py()!r}"
+                    elif kind in ("non-numeric level", "impossible level", "NaN level"):
+                        k = int(np.flatnonzero(~np.isfinite(lv[j]) | (lv[j] < LEVEL_RANGE_DB[0])
+                                               | (lv[j] > LEVEL_RANGE_DB[1]))[0])
+                        detail = f"{kind} {tab.column(cols[k])[j].as_py()!r} in column {cols[k]!r}"
+                    report.refuse(uri, int(lines[j]), detail, kind)
+                ok &= ~hit
+            sensor = (np.asarray(tab.column(sensor_column).to_pylist(), dtype=object) if sensor_column
+                      else np.full(n, default_sensor, dtype=object))
+            yield Frames(sensor[ok], t[ok], lv[ok], lines[ok])
+
+
+@dataclass
+class _Run:
+    sensor: str
+    t0: float
+    t_last: float
+    frames: int
+    first_line: int
+    last_line: int
+    last_levels: np.ndarray
+
+
+def continuous_runs(blocks: Iterator[Frames], report: SpectraReport,
+                    period_s: float | None = None) -> tuple[list[_Run], float]:
+    """Cut each sensor's frames into continuous runs (see the module doc), block by block (a
+    run may span blocks). Gaps are judged against ``period_s`` (default: the sensors' 125 ms);
+    the median step is measured and returned so the caller can check it."""
+    period = period_s or EXPECTED_PERIOD_S
+    open_runs: dict[str, _Run] = {}
+    runs: list[_Run] = []
+    steps: list[np.ndarray] = []
+    for b in blocks:
+        for sensor in np.unique(b.sensor) if len(b.sensor) else ():
+            m = b.sensor == sensor
+            t, lv, ln = b.time[m], b.levels[m], b.line[m]
+            run = open_runs.get(sensor)
+            prev_t = np.concatenate([[run.t_last if run else np.nan], t[:-1]])
+            prev_lv = np.concatenate([run.last_levels[None] if run else np.full((1, lv.shape[1]), np.nan), lv[:-1]])
+            step = t - prev_t
+            dup = (step == 0) & (lv == prev_lv).all(1)
+            report.dropped["repeated row"] = report.dropped.get("repeated row", 0) + int(dup.sum())
+            keep = ~dup
+            t, lv, ln, step = t[keep], lv[keep], ln[keep], step[keep]
+            # the step to the previous KEPT frame (a dropped duplicate has the same time)
+            step = t - np.concatenate([[run.t_last if run else np.nan], t[:-1]])
+            steps.append(step[(step > 0) & (step < 1.5 * period)])
+            gap = step > 1.5 * period
+            report.gaps += int(gap.sum())
+            report.gap_hours += float(np.sum(step[gap] - period)) / 3600
+            breaks = ~np.isfinite(step) | gap | (step <= 0)
+            cuts = sorted({0, len(t), *np.flatnonzero(breaks).tolist()})
+            for a, z in zip(cuts[:-1], cuts[1:]):
+                if breaks[a] or run is None:              # a new run starts at frame a
+                    if run is not None:
+                        runs.append(run)
+                    run = _Run(str(sensor), float(t[a]), float(t[z - 1]), int(z - a), int(ln[a]),
+                               int(ln[z - 1]), lv[z - 1])
+                else:                                     # the open run goes on
+                    run.frames += z - a
+                    run.t_last, run.last_line, run.last_levels = float(t[z - 1]), int(ln[z - 1]), lv[z - 1]
+            open_runs[sensor] = run
+    runs.extend(open_runs.values())
+    allsteps = np.concatenate(steps) if steps else np.zeros(0)
+    measured = float(np.median(allsteps)) if allsteps.size else None
+    return runs, measured
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ingest_spectra(src: str, media: str | None = None, *, time_column: str | None = None,
+                   bands: str | None = None, sensor_column: str | None = None,
+                   period_s: float | None = None, split: str = "train") -> tuple[Rows, SpectraReport]:
+    """Every ``*.csv`` under ``src`` (or ``src`` itself) -> one manifest row per continuous run.
+    ``split``: a split name for every run, or ``by-sensor`` (a stable 80/10/10 hash of the
+    sensor id, so no sensor is in two splits)."""
+    report = SpectraReport("spectra", src)
+    if src.lower().endswith(".csv"):
+        files = [src]
+    else:
+        files = [storage.join(src, r) for r in list_relative(src) if r.lower().endswith(".csv")]
+    if not files:
+        raise MetadataError(src, 0, "no .csv files found")
+    rows: Rows = []
+    sensors: set[str] = set()
+    periods = []
+    for uri in sorted(files):
+        cols_seen: list[str] = []
+
+        def blocks():
+            for b in read_frames(uri, report, time_column=time_column, bands=bands,
+                                 sensor_column=sensor_column):
+                yield b
+
+        with storage.open_input(uri) as f:
+            header = [h.strip() for h in f.readline().decode("utf-8", "replace").strip("\r\n").split(",")]
+        cols_seen = band_columns(uri, header, bands)
+        runs, measured = continuous_runs(blocks(), report, period_s)
+        if measured is not None:
+            periods.append(measured)
+            expect = period_s or EXPECTED_PERIOD_S
+            if abs(measured - expect) > 0.1 * expect:
+                report.warnings.append(f"{uri}: median frame step {measured:.4f} s, expected {expect} s")
+        first_t = min((r.t0 for r in runs), default=0.0)
+        p = period_s or measured or EXPECTED_PERIOD_S
+        hz = [float(CENTRES_HZ[_band_of(c)]) if _band_of(c) is not None else None for c in cols_seen]
+        for r in sorted(runs, key=lambda r: (r.first_line, r.sensor)):
+            sensors.add(r.sensor)
+            report.runs += 1
+            report.frames += r.frames
+            report.hours += r.frames * p / 3600
+            s = split
+            if split == "by-sensor":
+                import zlib
+                u = zlib.crc32(r.sensor.encode()) % 100
+                s = "train" if u < 80 else "valid" if u < 90 else "test"
+            rows.append(make_row(f"{r.sensor}@{_iso(r.t0)}", uri, start_s=r.t0 - first_t,
+                                 end_s=r.t0 - first_t + r.frames * p, split=s,
+                                 meta={"kind": "spectra", "sensor": r.sensor, "t0": r.t0,
+                                       "period_s": p, "frames": r.frames,
+                                       "lines": [r.first_line, r.last_line],
+                                       "columns": cols_seen, "bands_hz": hz}))
+    report.sensors = len(sensors)
+    report.period_s = round(float(np.median(periods)), 6) if periods else None
+    report.count_rows(rows)
+    return rows, report

@@ -1,0 +1,60 @@
+"""Where the pipeline's read tasks report bad clips, example counts and stage times: one small
+Ray actor per driver session, shared by every pipeline it builds (keyed by pipeline id).
+
+Kept apart from :mod:`tympan.distributed.pipeline` so the actor's process starts without
+importing torch: it only stores tuples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ray
+
+
+@dataclass(frozen=True)
+class BadClip:
+    clip_id: str
+    reason: str
+    where: str
+    epoch: int
+
+
+@ray.remote(num_cpus=0)
+class Ledger:
+    """Per pipeline: bad clips keyed by (unit, clip, reason, where), so a retried read task does
+    not count twice; examples and (read + decode, views) seconds per unit."""
+
+    def __init__(self):
+        self.bad: dict[str, dict[tuple, BadClip]] = {}
+        self.examples: dict[str, dict[int, int]] = {}
+        self.seconds: dict[str, dict[int, tuple[float, float]]] = {}
+
+    def report(self, pipeline: str, unit: int, epoch: int, examples: int,
+               bad: list[tuple[str, str, str]], seconds: tuple[float, float]) -> None:
+        self.examples.setdefault(pipeline, {})[unit] = examples
+        self.seconds.setdefault(pipeline, {})[unit] = seconds
+        mine = self.bad.setdefault(pipeline, {})
+        for clip_id, reason, where in bad:
+            mine[(unit, clip_id, reason, where)] = BadClip(clip_id, reason, where, epoch)
+
+    def snapshot(self, pipeline: str) -> tuple[list[BadClip], dict[int, int]]:
+        return list(self.bad.get(pipeline, {}).values()), dict(self.examples.get(pipeline, {}))
+
+    def stage_seconds(self, pipeline: str) -> dict[str, float]:
+        seconds = self.seconds.get(pipeline, {})
+        return {"units": len(seconds), "examples": sum(self.examples.get(pipeline, {}).values()),
+                "read_decode_s": sum(r for r, _ in seconds.values()),
+                "views_s": sum(v for _, v in seconds.values())}
+
+
+_SESSION: tuple[str, object] | None = None     # (Ray job id, ledger handle)
+
+
+def session_ledger():
+    """This driver's ledger actor, started on first use (and again after a Ray restart)."""
+    global _SESSION
+    job = ray.get_runtime_context().get_job_id()
+    if _SESSION is None or _SESSION[0] != job:
+        _SESSION = (job, Ledger.remote())
+    return _SESSION[1]

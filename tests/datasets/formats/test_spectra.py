@@ -1,0 +1,155 @@
+"""Sensor spectra CSVs -> continuous runs: every continuity fault and malformed row of the
+issue, on files written here line by line (so each fault's line number is known)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tympan.cli import main
+from tympan.datasets.formats.common import MetadataError
+from tympan.datasets.formats.registry import ingest
+from tympan.datasets.manifest import read_manifest
+from tympan.datasets.thirdoctave import NOMINAL_HZ
+
+BANDS = [f"{f:g}" for f in NOMINAL_HZ]          # 20, 25, 31.5, ... 12500
+
+
+def frame(rng, t: float, fmt: str = "{:.3f}") -> str:
+    return ",".join([fmt.format(t)] + [f"{v:.1f}" for v in rng.uniform(30, 70, 29)])
+
+
+def write_faulty(path: Path) -> dict:
+    """A one-sensor file with every fault; returns what the ingest must find."""
+    rng = np.random.default_rng(0)
+    lines = ["time," + ",".join(BANDS)]
+    t0, p = 1_700_000_000.0, 0.125
+    expect = {"refused": {}, "runs": []}
+
+    def add(line: str) -> int:
+        lines.append(line)
+        return len(lines)          # its 1-based line number
+
+    def refuse(line: str, kind: str):
+        expect["refused"][add(line)] = kind
+
+    first = add(frame(rng, t0))
+    for i in range(1, 40):                          # run 1: 40 frames, with faults inside
+        add(frame(rng, t0 + i * p))
+        if i == 10:
+            lines.append(lines[-1])                 # a repeated row: dropped, no break
+        if i == 12:
+            refuse(",".join(["x"] * 5), "wrong column count")
+        if i == 15:
+            refuse(frame(rng, t0 + 99.0).replace(",", ",abc,", 1).rsplit(",", 1)[0], "non-numeric level")
+        if i == 20:
+            refuse(f"{t0 + 0.01:.3f}," + ",".join(["nan"] + ["40.0"] * 28), "NaN level")
+        if i == 25:
+            refuse(f"{t0 + 0.02:.3f}," + ",".join(["900.0"] + ["40.0"] * 28), "impossible level")
+        if i == 30:
+            refuse("", "empty line")
+        if i == 33:
+            refuse("yesterday," + ",".join(["40.0"] * 29), "bad timestamp")
+    expect["runs"].append((first, 40))
+    # a 10 s gap (sensor down) -> run 2 of 16 frames
+    t1 = t0 + 39 * p + 10.0
+    second = add(frame(rng, t1))
+    for i in range(1, 16):
+        add(frame(rng, t1 + i * p))
+    expect["runs"].append((second, 16))
+    # the clock jumps back by 60 s -> run 3 of 8 frames; then a repeated time with other levels -> run 4
+    t2 = t1 + 15 * p - 60.0
+    third = add(frame(rng, t2))
+    for i in range(1, 8):
+        add(frame(rng, t2 + i * p))
+    expect["runs"].append((third, 8))
+    fourth = add(frame(rng, t2 + 7 * p))
+    for i in range(1, 5):
+        add(frame(rng, t2 + (7 + i) * p))
+    expect["runs"].append((fourth, 5))
+    path.write_text("\n".join(lines) + "\n")
+    return expect
+
+
+def test_every_fault_gives_the_right_runs_and_named_lines(tmp_path):
+    expect = write_faulty(tmp_path / "sensor-07.csv")
+    out = tmp_path / "m.parquet"
+    report = ingest("spectra", str(tmp_path), str(out))
+    rows = read_manifest(out)
+    metas = [json.loads(r["meta"]) for r in rows]
+    assert [(m["lines"][0], m["frames"]) for m in metas] == expect["runs"]
+    assert {m["sensor"] for m in metas} == {"sensor-07"}
+    assert report.runs == 4 and report.gaps == 1 and abs(report.gap_hours * 3600 - 9.875) < 1e-6
+    assert report.dropped["repeated row"] == 1
+    refused = {int(r.split(":")[-2]): r for r in report.rejected}
+    assert set(refused) == set(expect["refused"])
+    for line, kind in expect["refused"].items():
+        assert refused[line].startswith(f"{tmp_path / 'sensor-07.csv'}:{line}: ")
+        assert report.dropped[kind] >= 1
+    assert "'abc'" in next(r for r in report.rejected if "non-numeric" in r)
+    listed = (tmp_path / "m.rejected_rows.txt").read_text().splitlines()
+    assert listed == report.rejected
+    assert report.period_s == 0.125 and report.sensors == 1
+    # spans: end - start = frames x period, from the file's earliest frame (run 3: clock went back)
+    assert [r["end_s"] - r["start_s"] for r in rows] == pytest.approx([40 * 0.125, 16 * 0.125, 8 * 0.125, 5 * 0.125])
+    assert min(r["start_s"] for r in rows) == 0.0 == rows[2]["start_s"]
+
+
+def test_foreign_columns_iso_times_and_several_sensors_per_file(tmp_path):
+    """A layout the project did not write: ISO times, a sensor column, LZeq_<f>Hz band names,
+    extra columns, rows of two sensors interleaved."""
+    rng = np.random.default_rng(1)
+    cols = ["sensor_id", "utc", "battery"] + [f"LZeq_{f:g}Hz" for f in NOMINAL_HZ]
+    lines = [",".join(cols)]
+    start = np.datetime64("2024-03-01T10:00:00.000")
+    for i in range(24):
+        for s in ("lorient-a", "lorient-b"):
+            if s == "lorient-b" and i == 12:
+                continue                            # b misses one frame: a gap of 0.25 s
+            t = start + np.timedelta64(125 * i, "ms")
+            lines.append(",".join([s, f"{t}Z", "87"] + [f"{v:.2f}" for v in rng.uniform(20, 80, 29)]))
+    (tmp_path / "network.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "m.parquet"
+    code = main(["data", "ingest", "spectra", str(tmp_path / "network.csv"), "--out", str(out),
+                 "--time-column", "utc", "--sensor-column", "sensor_id",
+                 "--bands", r"^LZeq_([\d.]+)Hz$"])
+    assert code == 0
+    metas = sorted((json.loads(r["meta"]) for r in read_manifest(out)), key=lambda m: (m["sensor"], m["t0"]))
+    assert [(m["sensor"], m["frames"]) for m in metas] == [("lorient-a", 24), ("lorient-b", 12), ("lorient-b", 11)]
+    assert metas[0]["columns"][0] == "LZeq_20Hz" and len(metas[0]["columns"]) == 29
+    assert metas[0]["t0"] == pytest.approx(np.datetime64("2024-03-01T10:00:00", "s").astype(int))
+
+
+def test_epoch_milliseconds_and_missing_columns_are_named(tmp_path):
+    rng = np.random.default_rng(2)
+    lines = ["timestamp," + ",".join(BANDS)]
+    lines += [frame(rng, 1_700_000_000_000 + 125 * i, "{:.0f}") for i in range(16)]
+    (tmp_path / "a.csv").write_text("\n".join(lines) + "\n")
+    report = ingest("spectra", str(tmp_path), str(tmp_path / "m.parquet"))
+    assert report.runs == 1 and report.frames == 16 and report.period_s == 0.125
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bad.csv").write_text("time,20,25\n1,2,3\n")
+    with pytest.raises(MetadataError, match=r"bad.csv:1: band columns for \[31.5, 40"):
+        ingest("spectra", str(tmp_path / "b"), str(tmp_path / "n.parquet"))
+    code = main(["data", "ingest", "spectra", str(tmp_path / "b"), "--out", str(tmp_path / "n.parquet"),
+                 "--time-column", "when"])
+    assert code == 1
+
+
+def test_split_by_sensor_keeps_each_sensor_in_one_split(tmp_path):
+    rng = np.random.default_rng(3)
+    for s in range(12):
+        lines = ["time," + ",".join(BANDS)]
+        for i in range(8):
+            lines.append(frame(rng, 100.0 + i * 0.125 + (5.0 if i >= 4 else 0.0)))
+        (tmp_path / f"s{s:02d}.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "m.parquet"
+    assert main(["data", "ingest", "spectra", str(tmp_path), "--out", str(out), "--split-by-sensor"]) == 0
+    split_of = {}
+    for r in read_manifest(out):
+        s = json.loads(r["meta"])["sensor"]
+        assert split_of.setdefault(s, r["split"]) == r["split"]
+    assert set(split_of.values()) <= {"train", "valid", "test"} and len(split_of) == 12
