@@ -49,7 +49,10 @@ def ray_head():
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_ray_job_submit_runs_pretrain(ray_head, mlflow_server, tmp_path):
+def test_ray_job_submit_runs_pretrain(ray_head, mlflow_server, tmp_path, monkeypatch):
+    # `ray start --head` in 2.60 turns on token authentication (token in ~/.ray/auth_token);
+    # clients use it with RAY_AUTH_MODE=token.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     data = tmp_path / "shards"
     write_synthetic_shards(data)
     out = tmp_path / "run"
@@ -60,7 +63,8 @@ def test_ray_job_submit_runs_pretrain(ray_head, mlflow_server, tmp_path):
            "tympan", "pretrain", "--method", "triplet", "--data", str(data), "--out", str(out),
            "--workers", "2", "--tracking-uri", mlflow_server, "steps=4", "batch_size=8",
            "checkpoint_every=2", "log_every=2", "val_batches=0", "shuffle_buffer=0", *tiny("triplet")]
-    res = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=1200)
+    res = subprocess.run(cmd, env=cli_env(RAY_AUTH_MODE="token"), capture_output=True, text=True,
+                         timeout=1200)
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     from ray.job_submission import JobStatus, JobSubmissionClient
     assert JobSubmissionClient(ray_head).get_job_status(sid) == JobStatus.SUCCEEDED

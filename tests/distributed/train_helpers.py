@@ -41,12 +41,16 @@ def free_port() -> int:
 
 
 def wait_http(url: str, timeout: float = 120.0) -> None:
+    """Until ``url`` answers HTTP at all (a 401 of a token-protected Ray dashboard counts)."""
+    import urllib.error
+
     t0 = time.time()
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return
         except OSError:
             pass
         if time.time() - t0 > timeout:
