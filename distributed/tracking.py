@@ -161,7 +161,7 @@ def log_metrics(client, run_id: str, step: int, metrics: Mapping[str, float]) ->
 
 
 class MetricLogger:
-    """Rank 0's step metrics. A tracking failure warns once and never stops training."""
+    """Rank 0's step metrics. A tracking failure warns (once) and never stops training."""
 
     def __init__(self, tracking_uri: str | None, run_id: str | None):
         self.uri, self.run_id = tracking_uri, run_id
@@ -169,7 +169,7 @@ class MetricLogger:
         self._failed = False
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        if not self.run_id or self._failed:
+        if not self.run_id:
             return
         try:
             if self._client is None:
@@ -177,5 +177,7 @@ class MetricLogger:
                 self._client = MlflowClient(self.uri)
             log_metrics(self._client, self.run_id, step, metrics)
         except Exception as e:       # the run matters more than its charts
+            if not self._failed:
+                warnings.warn(f"MLflow metric logging to {redact(self.uri)} failed (training goes "
+                              f"on; later points are still tried): {redact(e)}")
             self._failed = True
-            warnings.warn(f"MLflow metric logging to {redact(self.uri)} failed, continuing without: {e}")

@@ -478,7 +478,10 @@ def _load_val(train: TrainConfig, G: int, rank: int, world: int) -> list[dict]:
     examples whatever the world size, so validation losses compare across resizes)."""
     import ray.train
 
-    shard = ray.train.get_dataset_shard("val")
+    try:
+        shard = ray.train.get_dataset_shard("val")
+    except KeyError:             # the run has no validation dataset
+        return []
     if shard is None:
         return []
     per = G // world
