@@ -124,3 +124,21 @@ def test_cli_options_and_refusals(tmp_path, capsys):
     assert main(["pretrain", "--method", "cola", "--data", str(tmp_path), "--resume",
                  "--out", str(tmp_path / "none")]) == 2
     assert "no checkpoint to resume" in capsys.readouterr().err
+
+
+def test_bench_train_section_keeps_the_other_sections(tmp_path):
+    from tympan.distributed.bench_train import SECTION, write_markdown
+
+    res = {"date": "2026-11-30", "cores": 2, "cpu": "x86_64", "gpu": None, "torch": "t", "ray": "r",
+           "steps": 4, "config": {"batch_size": 16}, "load_average": [1.0, 1.0, 1.0],
+           "rows": [{"method": "cola", "plain_samples_per_s": 10.0, "ray_samples_per_s": 9.6,
+                     "ratio": 0.96, "pipeline_workers": 2, "pipeline_samples_per_s": 8.0,
+                     "pipeline_data_wait_fraction": 0.25}]}
+    md = tmp_path / "benchmarks.md"
+    md.write_text("# Benchmarks\n\n## `tympan bench data`\n\ndata table\n")
+    write_markdown(res, md, "tympan bench train")
+    res["rows"][0]["ratio"] = 0.5
+    write_markdown(res, md, "tympan bench train")              # replaced, not appended twice
+    text = md.read_text()
+    assert text.count(SECTION) == 1 and "data table" in text
+    assert "| cola | 10.0 | 9.6 | 0.50 | 8.0 | 0.25 |" in text
