@@ -741,6 +741,10 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
     DataContext.get_current().enable_progress_bars = False
 
     datasets = feed.setup(exp_uri)
+    # Ray Train gives a worker group 60 s to start; workers that import torch on a busy node
+    # (or pull an image) can take longer, and a start timeout costs a restart. The driver's
+    # value is propagated to the controller.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     loop_config = {"method": spec.method, "method_cfg": to_dict(method_cfg), "train": to_dict(train),
                    "tracking_uri": tracking_uri, "run_id": run_id, "experiment_uri": exp_uri,
                    "threads": max(1, int(res["CPU"])), "streams": feed.registry_name,

@@ -37,7 +37,7 @@ def ray_head():
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
     try:
-        wait_http(f"{url}/api/version", timeout=180)
+        wait_http(f"{url}/api/version", timeout=600)
         yield url
     finally:
         import os

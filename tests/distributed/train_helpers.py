@@ -71,7 +71,7 @@ def mlflow_server(tmp_path_factory):
         stdout=log, stderr=subprocess.STDOUT, cwd=d)
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health")
+        wait_http(f"{uri}/health", timeout=600)
         yield uri
     finally:
         proc.terminate()
