@@ -1,14 +1,16 @@
 """``tympan demo``: the main job, end to end, on embedded defaults.
 
 1. build the offline real-audio corpus and downstream tasks (``--scale small``; reruns reuse it),
-2. pretrain one method on the unlabelled pretraining shards,
+2. pretrain one method on the unlabelled pretraining shards with ``tympan pretrain``'s path:
+   embedded Ray, Ray Train with ``workers`` data-parallel workers fed by the Ray Data pipeline,
+   one MLflow run (sqlite store in the run directory),
 3. embed every task's clips with the pretrained encoder and with the same architecture at
    random initialisation, fit linear probes, and
 4. print the table next to each task's chance level and log-mel baseline; write it, the
-   checkpoint and the config to the run directory.
+   checkpoint and the config to the run directory; end with the command that opens the
+   MLflow run.
 
-Pretraining here runs in-process on the driver (one worker, no Ray Train): the Ray Train loop
-is a separate piece of the project and the demo says which one it used in its report.
+:func:`pretrain_in_process` (one process, no Ray) stays for tests and quick experiments.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ class DemoConfig:
     # code path are the paper's (method_overrides=[] trains the full-size one).
     method_overrides: tuple[str, ...] = ("width=0.25",)
     steps: int = 200
-    batch_size: int = 32
+    batch_size: int = 32                # global, over the workers
+    workers: int = 2                    # Ray Train workers (embedded Ray)
     seed: int = 0
     max_clips_per_split: int = 200      # per task split, to bound the evaluation time
     tasks: tuple[str, ...] = ()         # empty: every task the corpus has
@@ -43,18 +46,7 @@ class DemoConfig:
         check(self.steps > 0, "steps", self.steps, "must be positive")
         check(self.batch_size > 1, "batch_size", self.batch_size, "needs at least 2 clips")
         check(self.scale in ("small", "full"), "scale", self.scale, "must be small or full")
-
-
-def _pretrain_clips(corpus: Path, limit: int, rng: np.random.Generator):
-    from tympan.datasets.shards import iter_shard, list_shards
-
-    shards = list_shards(str(corpus / "pretrain" / "shards"))
-    clips = []
-    for uri in rng.permutation(shards):
-        clips.extend(iter_shard(str(uri)))
-        if len(clips) >= limit:
-            break
-    return clips
+        check(self.workers >= 1, "workers", self.workers, "must be >= 1")
 
 
 def pretrain_in_process(method: str, clips: Sequence, *, steps: int, batch_size: int, seed: int,
@@ -113,13 +105,16 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     from tympan.datasets.offline.build import build_offline
     from tympan.datasets.offline.tasks import read_task_info
     from tympan.methods.probe import linear_probe
-    from tympan.methods.registry import build_method
+    from tympan.methods.registry import build_method, load_method
 
-    from tympan.config import build
-    from tympan.methods.registry import get_method
+    from tympan.distributed.train import RunSpec, check_world_sizes, pretrain, resolve_configs
 
-    # Refuse a bad method name or override before spending minutes on the corpus.
-    build(get_method(cfg.method).config_cls, {"batch_size": cfg.batch_size}, cfg.method_overrides)
+    # Refuse a bad method name, override or batch before spending minutes on the corpus.
+    train_cfg, method_cfg = resolve_configs(
+        cfg.method, None, [f"steps={cfg.steps}", f"batch_size={cfg.batch_size}", f"seed={cfg.seed}",
+                           f"checkpoint_every={cfg.steps}", "val_batches=1",
+                           f"log_every={max(1, cfg.steps // 8)}", *cfg.method_overrides])
+    check_world_sizes(train_cfg, (cfg.workers, cfg.workers))
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -127,13 +122,15 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     build_offline(out / "offline", scale=cfg.scale, seed=cfg.seed)
     corpus = out / "offline"
 
-    print(f"[2/4] pretraining {cfg.method} in-process for {cfg.steps} steps "
-          f"(batch {cfg.batch_size})", flush=True)
-    rng = np.random.default_rng(cfg.seed)
-    clips = _pretrain_clips(corpus, limit=max(4 * cfg.batch_size, 256), rng=rng)
-    model, losses = pretrain_in_process(cfg.method, clips, steps=cfg.steps,
-                                        batch_size=cfg.batch_size, seed=cfg.seed,
-                                        overrides=cfg.method_overrides)
+    print(f"[2/4] pretraining {cfg.method} on Ray Train: {cfg.workers} workers, {cfg.steps} steps, "
+          f"global batch {cfg.batch_size}", flush=True)
+    name = f"demo-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    tracking_uri = f"sqlite:///{out / 'mlflow.db'}"      # one store for every demo run
+    summary = pretrain(RunSpec(method=cfg.method, data=str(corpus / "pretrain" / "shards"),
+                               workers=(cfg.workers, cfg.workers), name=name,
+                               out=str(out / "pretrain" / name), tracking_uri=tracking_uri),
+                       train_cfg, method_cfg)
+    model = load_method(summary["checkpoint"])
     model.save(out / "model.pt")
     torch.manual_seed(cfg.seed + 1)
     random_model = build_method(cfg.method, model.cfg).eval()
@@ -163,12 +160,17 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
             f"{r[h]:.3f}" if isinstance(r[h], float) else str(r[h]) for h in header) + " |")
     table = "\n".join(lines)
     print(table)
-    report = {"config": asdict(cfg), "pretraining": "in-process (single worker, no Ray Train)",
-              "loss_first": float(np.mean(losses[:10])), "loss_last": float(np.mean(losses[-10:])),
+    report = {"config": asdict(cfg),
+              "pretraining": f"Ray Train, {summary['workers']} workers (embedded Ray)",
+              "loss_first": summary["loss_first"], "loss_last": summary["loss_last"],
+              "pretrain_summary": summary, "mlflow_run_id": summary["mlflow_run_id"],
               "rows": rows, "seconds": round(time.perf_counter() - t_start, 1)}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(
-        f"# tympan demo\n\nmethod `{cfg.method}`, {cfg.steps} steps in-process, "
+        f"# tympan demo\n\nmethod `{cfg.method}`, {cfg.steps} steps on Ray Train "
+        f"({summary['workers']} workers), "
         f"loss {report['loss_first']:.4f} -> {report['loss_last']:.4f}\n\n{table}\n")
     print(f"done in {report['seconds']} s; report, checkpoint: {out}")
+    print(f"MLflow run {summary['mlflow_run_id']}; open it with:\n"
+          f"  mlflow ui --backend-store-uri {tracking_uri}")
     return report

@@ -37,3 +37,11 @@ def shard_set(tmp_path_factory) -> tuple[Path, list[Clip]]:
     root = tmp_path_factory.mktemp("shards")
     write_shard_set(root, clips, per_shard=6)
     return root, clips
+
+
+# The pretraining tests' session fixtures (an mlflow server on 127.0.0.1, a tiny SoundNet
+# teacher) live beside their helpers; registered here so every module shares one server.
+import sys as _sys  # noqa: E402
+
+_sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import mlflow_server, teacher_path  # noqa: E402,F401

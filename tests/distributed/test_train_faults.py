@@ -1,0 +1,127 @@
+"""Fault tolerance on a two-node local cluster (``ray.cluster_utils.Cluster``: two raylets on
+loopback, 3 CPUs each; each training worker takes 2, so one worker lands on each node and one
+CPU per node is left to the data pipeline). ``tympan pretrain`` runs as a subprocess connected
+with ``--address``; the test reads each worker's pid and the step from its log.
+
+* killing one worker's process mid-run: Ray Train replaces the group, which restores the latest
+  checkpoint and completes, losing at most one checkpoint interval (from the MLflow metrics);
+* ``--workers 1-2``: removing a node lets the run finish on one worker with the same global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import PYTHON, cli_env, metric_history, read_summary, tiny, write_synthetic_shards  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+EVERY = 2          # checkpoint interval (steps)
+STEPS = 8
+
+
+@pytest.fixture
+def two_nodes():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+        "num_cpus": 3, "include_dashboard": False,
+        # notice a dead node within seconds, not the default 30 s
+        "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 5}})
+    second = cluster.add_node(num_cpus=3)
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, second
+    finally:
+        cluster.shutdown()
+
+
+def _run(cluster, out: Path, data: Path, workers: str, on_checkpoint) -> tuple[int, list[str]]:
+    """Run pretrain against ``cluster``; once the first checkpoint (step EVERY) is persisted
+    and every worker's pid is known, call ``on_checkpoint(pids)``: the fault hits a run that is
+    past a checkpoint and before its end."""
+    argv = [PYTHON, "-u", "-m", "tympan", "pretrain", "--method", "triplet", "--data", str(data),
+            "--address", cluster.address, "--workers", workers, "--out", str(out),
+            f"steps={STEPS}", "batch_size=8", f"checkpoint_every={EVERY}", "log_every=1",
+            "val_batches=0", "shuffle_buffer=0", "cpus_per_worker=2", "max_failures=3",
+            *tiny("triplet")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=cli_env())
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    first = out / "checkpoints" / out.name / f"step-{EVERY:08d}" / "checkpoint.pt"
+    n_workers = int(workers.split("-")[-1])
+    deadline = time.time() + 1200
+    while time.time() < deadline and proc.poll() is None:
+        pids = {}
+        for line in list(lines):
+            m = re.search(r"\[tympan\] rank (\d+)/\d+ pid (\d+)", line)
+            if m:
+                pids[int(m.group(1))] = int(m.group(2))
+        if first.exists() and len(pids) == n_workers:
+            on_checkpoint(pids)
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        raise AssertionError("no checkpoint / worker pids before the run ended:\n" + "".join(lines[-60:]))
+    rc = proc.wait(timeout=1200)
+    reader.join(timeout=30)
+    return rc, lines
+
+
+def _sessions(tracking: str, run_id: str):
+    """Steps logged before and after the restart (MLflow metric ``restarts`` is 0, then 1)."""
+    h = metric_history(tracking, run_id, "restarts")
+    return ([s for s, v, _ in h if v == 0], [s for s, v, _ in h if v == 1])
+
+
+def test_killed_worker_restores_latest_checkpoint(two_nodes, tmp_path):
+    cluster, _ = two_nodes
+    data = tmp_path / "shards"
+    write_synthetic_shards(data)
+    killed = []
+
+    def kill(pids):
+        killed.append(pids[1])
+        os.kill(pids[1], signal.SIGKILL)
+
+    rc, lines = _run(cluster, tmp_path / "run", data, "2", kill)
+    assert rc == 0, "".join(lines[-80:])
+    s = read_summary(tmp_path / "run")
+    assert s["steps"] == STEPS and s["restarts"] == 1 and s["workers"] == 2
+    before, after = _sessions(s["tracking_uri"], s["mlflow_run_id"])
+    restored = min(after) - 1                     # the checkpoint the new group started from
+    assert restored % EVERY == 0 and restored >= EVERY
+    assert max(before) - restored <= EVERY        # lost at most one checkpoint interval
+    assert max(after) == STEPS
+    assert killed
+
+
+def test_elastic_run_finishes_on_one_worker_with_the_same_global_batch(two_nodes, tmp_path):
+    cluster, second = two_nodes
+    data = tmp_path / "shards"
+    write_synthetic_shards(data)
+    rc, lines = _run(cluster, tmp_path / "run", data, "1-2",
+                     lambda pids: cluster.remove_node(second, allow_graceful=False))
+    assert rc == 0, "".join(lines[-80:])
+    s = read_summary(tmp_path / "run")
+    assert s["steps"] == STEPS and s["workers"] == 1 and s["restarts"] == 1
+    uri, run = s["tracking_uri"], s["mlflow_run_id"]
+    world = [v for _, v, _ in metric_history(uri, run, "world_size")]
+    per_worker = [v for _, v, _ in metric_history(uri, run, "per_worker_batch")]
+    assert world[0] == 2 and world[-1] == 1
+    assert per_worker[0] == 4 and per_worker[-1] == 8
+    assert {v for _, v, _ in metric_history(uri, run, "global_batch")} == {8.0}
+    before, after = _sessions(uri, run)
+    assert max(before) - (min(after) - 1) <= EVERY and max(after) == STEPS
