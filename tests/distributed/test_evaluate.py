@@ -230,3 +230,57 @@ def test_speechcommands_layout_ingest_then_evaluate(offline_small, tmp_path, cap
     assert "nope" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--tasks", str(m)]) == 1
     assert "missing.pt" in capsys.readouterr().err
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (sqlite store, proxied artifacts)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("mlflow server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_evaluate_a_runs_uri_checkpoint_and_tag_its_run(offline_small, mlflow_server, tmp_path, monkeypatch):
+    import mlflow
+
+    root, _ = offline_small
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    mlflow.set_tracking_uri(mlflow_server)
+    ck = tiny_checkpoint(tmp_path / "model.pt")
+    with mlflow.start_run() as run:               # stands in for a pretraining run
+        mlflow.log_artifact(str(ck), artifact_path="checkpoint")
+    task = copy_task(root / "tasks" / "speech_music_noise", tmp_path / "smn", per_split=6)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", f"runs:/{run.info.run_id}/checkpoint/model.pt",
+                 "--tasks", str(task), "--out", str(out), "--backend", "local", "--seeds", "1",
+                 "--models", "pretrained,log-mel"]) == 0
+    summary = json.loads((out / "evaluation.json").read_text())
+    ev = mlflow.get_run(summary["mlflow_run_id"])
+    assert summary["tracking_uri"] == mlflow_server
+    assert ev.data.tags["tympan.pretrain_run_id"] == run.info.run_id
+    assert "results.json" in {a.path for a in mlflow.MlflowClient().list_artifacts(ev.info.run_id)}
