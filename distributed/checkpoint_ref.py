@@ -30,13 +30,15 @@ class Checkpoint:
 
 def _payload_in(obj: Any) -> dict[str, Any] | None:
     """A Method payload, or one nested one level down in a trainer checkpoint dict."""
-    keys = {"method", "config", "state_dict"}
-    if isinstance(obj, dict) and keys <= set(obj):
-        return obj
+    keys = ("method", "config", "state_dict")
+    if isinstance(obj, dict) and set(keys) <= set(obj):
+        # a pretraining checkpoint (distributed/checkpoints.py on the train branch) adds the
+        # optimizer, scheduler and data position beside these: evaluation needs only the three
+        return {k: obj[k] for k in keys}
     if isinstance(obj, dict):
         for v in obj.values():
-            if isinstance(v, dict) and keys <= set(v):
-                return v
+            if isinstance(v, dict) and set(keys) <= set(v):
+                return {k: v[k] for k in keys}
     return None
 
 
@@ -56,16 +58,36 @@ def _load_file(path: Path) -> dict[str, Any]:
 def _run_info(run_dir: Path) -> tuple[str | None, str | None]:
     """(mlflow run id, tracking uri) of a run directory's summary.json / local store."""
     summary = run_dir / "summary.json"
-    run_id = None
+    run_id = tracking = None
     if summary.is_file():
-        run_id = json.loads(summary.read_text()).get("mlflow_run_id")
+        data = json.loads(summary.read_text())
+        run_id, tracking = data.get("mlflow_run_id"), data.get("tracking_uri")
+    if tracking and "***" in tracking:          # a redacted URI is of no use
+        tracking = None
     dbs = sorted(run_dir.glob("*.db"))
-    return run_id, (f"sqlite:///{dbs[0].resolve()}" if dbs else None)
+    return run_id, tracking or (f"sqlite:///{dbs[0].resolve()}" if dbs else None)
 
 
 def _checkpoint_files(d: Path) -> list[Path]:
-    return sorted((p for ext in ("*.pt", "*.pth", "*.ckpt") for p in d.rglob(ext)),
-                  key=lambda p: (len(p.relative_to(d).parts), p.name != "model.pt", str(p)))
+    """Candidate files, shallowest first; at one depth the last in name order first, so an
+    experiment folder of ``step-NNNNNNNN/checkpoint.pt`` yields its latest step."""
+    files = [p for ext in ("*.pt", "*.pth", "*.ckpt") for p in d.rglob(ext)]
+    files.sort(key=lambda p: str(p.relative_to(d)), reverse=True)
+    return sorted(files, key=lambda p: len(p.relative_to(d).parts))
+
+
+def _fetch(uri: str) -> Path:
+    """A checkpoint named by URI (s3://, http(s)://) -> a local temporary copy."""
+    from tympan.datasets import storage
+
+    try:
+        data = storage.read_bytes(uri)
+    except Exception as e:  # noqa: BLE001 - storage errors of every kind: name the URI
+        raise CheckpointError(f"{uri}: cannot read checkpoint ({e})") from None
+    fd, tmp = tempfile.mkstemp(prefix="tympan-ckpt-", suffix=".pt")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Path(tmp)
 
 
 def load_checkpoint(uri: str | os.PathLike) -> Checkpoint:
@@ -84,7 +106,9 @@ def load_checkpoint(uri: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"{uri}: cannot download ({type(e).__name__}: {e})") from None
         ck = load_checkpoint(local)
         return Checkpoint(ck.payload, uri, run_id, mlflow.get_tracking_uri())
-    path = Path(uri)
+    if "://" in uri and not uri.startswith("file://"):
+        return Checkpoint(_load_file(_fetch(uri)), uri)
+    path = Path(uri.removeprefix("file://"))
     if not path.exists():
         raise CheckpointError(f"{uri}: no such checkpoint file or directory")
     if path.is_file():
@@ -95,7 +119,7 @@ def load_checkpoint(uri: str | os.PathLike) -> Checkpoint:
     if summary.is_file():
         named = json.loads(summary.read_text()).get("checkpoint")
         if named:
-            target = Path(named) if Path(named).is_absolute() else path / named
+            target = named if "://" in named or Path(named).is_absolute() else str(path / named)
             ck = load_checkpoint(target)
             return Checkpoint(ck.payload, ck.path, run_id or ck.pretrain_run_id,
                               tracking or ck.tracking_uri)

@@ -67,20 +67,29 @@ def test_hear_api_shapes_dtypes_and_timestamps(method, tmp_path):
 
 
 def test_hear_loads_run_and_ray_checkpoint_directories(tmp_path, monkeypatch):
+    """The layouts of `tympan pretrain` (train branch, distributed/checkpoints.py): an
+    experiment folder of step-NNNNNNNN/checkpoint.pt files holding Method.payload() plus the
+    trainer state, and a run directory whose summary.json names one by absolute path."""
     cls = get_method("triplet")
-    m = cls(build(cls.config_cls, {}, ["width=0.125"]))
-    # a run directory whose summary.json names the checkpoint
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    m.save(tmp_path / "run" / "checkpoints" / "final.pt")
+    old, new = (cls(build(cls.config_cls, {}, ["width=0.125"])) for _ in range(2))
+    exp = tmp_path / "storage" / "run1"
+    for step, m in ((100, old), (200, new)):
+        (exp / f"step-{step:08d}").mkdir(parents=True)
+        torch.save({**m.payload(), "optimizer": {"state": {}}, "step": step,
+                    "data": {"position": {"epoch": 0, "offset": step}}},
+                   exp / f"step-{step:08d}" / "checkpoint.pt")
+    (tmp_path / "run").mkdir()
     (tmp_path / "run" / "summary.json").write_text(json.dumps(
-        {"method": "triplet", "checkpoint": "checkpoints/final.pt", "mlflow_run_id": "abc"}))
-    # a Ray Train checkpoint directory: a trainer dict holding the payload one level down
-    (tmp_path / "ray_ckpt").mkdir()
-    torch.save({"model": m.payload(), "optimizer": {}, "step": 3}, tmp_path / "ray_ckpt" / "checkpoint.pt")
+        {"method": "triplet", "checkpoint": str(exp / "step-00000100" / "checkpoint.pt"),
+         "mlflow_run_id": "abc"}))
     audio = torch.zeros(2, 16000)
-    ref = m.eval().embed_clip(audio)
-    for where in (tmp_path / "run", tmp_path / "ray_ckpt"):
+    for where, m in ((tmp_path / "run", old), (exp, new), (exp / "step-00000100", old)):
+        ref = m.eval().embed_clip(audio)
         torch.testing.assert_close(hear.get_scene_embeddings(audio, hear.load_model(str(where))), ref)
+    from tympan.distributed.checkpoint_ref import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "run")
+    assert ck.pretrain_run_id == "abc" and set(ck.payload) == {"method", "config", "state_dict"}
     monkeypatch.setenv("TYMPAN_CHECKPOINT", str(tmp_path / "run"))
     assert hear.load_model().scene_embedding_size == 128
     monkeypatch.delenv("TYMPAN_CHECKPOINT")
