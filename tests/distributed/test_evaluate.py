@@ -95,21 +95,21 @@ def test_evaluate_hear_tasks_every_baseline_and_mlflow(offline_small, ray_cluste
     ck = tiny_checkpoint(tmp_path / "tri.pt")
     tasks = tmp_path / "tasks"
     for name in ("speech_music_noise", "bird_detection"):
-        copy_task(root / "tasks" / name, tasks / name, per_split=24)
+        copy_task(root / "tasks" / name, tasks / name, per_split=16)
     out = tmp_path / "eval"
     assert main(["evaluate", "--checkpoint", str(ck), "--tasks", str(tasks), "--out", str(out),
-                 "--seeds", "2", "--supervised-steps", "60"]) == 0
+                 "--seeds", "2", "--supervised-steps", "40"]) == 0
     rows = json.loads((out / "results.json").read_text())
     for name in ("speech_music_noise", "bird_detection"):
         got = {r["model"]: r for r in rows if r["task"] == name}
         assert set(got) == MODELS
         for r in got.values():
-            assert r["metric"] == "accuracy" and r["n_test"] == 24 and r["n_seeds"] == 2
+            assert r["metric"] == "accuracy" and r["n_test"] == 16 and r["n_seeds"] == 2
             assert 0.0 <= r["mean"] <= 1.0 and r["std"] >= 0.0
     assert {"task", "model", "metric", "mean", "std", "n_test"} <= set(
         (out / "results.csv").read_text().splitlines()[0].split(","))
     md = (out / "results.md").read_text()
-    assert "| speech_music_noise | accuracy | 24 |" in md and "supervised" in md
+    assert "| speech_music_noise | accuracy | 16 |" in md and "supervised" in md
     summary = json.loads((out / "evaluation.json").read_text())
     mlflow.set_tracking_uri(summary["tracking_uri"])
     run = mlflow.get_run(summary["mlflow_run_id"])
