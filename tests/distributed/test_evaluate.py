@@ -248,10 +248,12 @@ def mlflow_server(tmp_path):
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # cwd outside the repository: `python -m` puts cwd first on sys.path, where the
+        # repository's datasets/ folder would shadow Hugging Face `datasets` for MLflow
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):
+        for _ in range(480):
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=1)
                 break
@@ -262,7 +264,10 @@ def mlflow_server(tmp_path):
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def test_evaluate_a_runs_uri_checkpoint_and_tag_its_run(offline_small, mlflow_server, tmp_path, monkeypatch):
