@@ -61,6 +61,13 @@ class TripletConfig:
     max_shift_bins: int = 4
     p_mix: float = 0.0                 # mix in another clip of the batch at mix_gain x amplitude
     mix_gain: float = 0.3
+    # Per-view augmentations (BYOL-A style, Niizumi et al. 2021): applied to the anchor and the
+    # positive independently, so level and EQ, constant over a clip, stop identifying it
+    # (docs/results.md measures that they do otherwise). Off by default (TRILL has none).
+    p_gain: float = 0.0                # random gain in [-gain_db, gain_db] dB
+    gain_db: float = 10.0
+    p_eq: float = 0.0                  # random smooth EQ curve over the mel bins, up to eq_db dB
+    eq_db: float = 6.0
 
     def __post_init__(self):
         for key in ("batch_size", "dim", "embed_hop_frames"):
@@ -69,12 +76,14 @@ class TripletConfig:
         check(self.tau_s >= 0, "tau_s", self.tau_s, "must be >= 0")
         check(self.margin >= 0, "margin", self.margin, "must be >= 0")
         check(self.width > 0, "width", self.width, "must be positive")
-        for key in ("p_noise", "p_shift", "p_mix"):
+        for key in ("p_noise", "p_shift", "p_mix", "p_gain", "p_eq"):
             v = getattr(self, key)
             check(0.0 <= v <= 1.0, key, v, "must be a probability in [0, 1]")
         check(self.max_shift_frames >= 0 and self.max_shift_bins >= 0, "max_shift_frames",
               (self.max_shift_frames, self.max_shift_bins), "shifts must be >= 0")
         check(0.0 <= self.mix_gain <= 1.0, "mix_gain", self.mix_gain, "must be in [0, 1]")
+        check(self.gain_db >= 0 and self.eq_db >= 0, "gain_db", (self.gain_db, self.eq_db),
+              "gain_db and eq_db must be >= 0")
 
 
 def sample_triplets(cfg: TripletConfig, clips: Sequence[Clip], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -108,8 +117,29 @@ def sample_triplets(cfg: TripletConfig, clips: Sequence[Clip], rng: np.random.Ge
             dt = int(aug_rng.integers(-cfg.max_shift_frames, cfg.max_shift_frames + 1))
             df = int(aug_rng.integers(-cfg.max_shift_bins, cfg.max_shift_bins + 1))
             feats[i, 1] = np.roll(feats[i, 1], (dt, df), axis=(0, 1))
+    _gain_eq(cfg, feats, aug_rng)
     return {"anchor": np.ascontiguousarray(feats[:, 0]),
             "positive": np.ascontiguousarray(feats[:, 1])}
+
+
+def _gain_eq(cfg: TripletConfig, feats: np.ndarray, rng: np.random.Generator) -> None:
+    """In place on log-mel views ``[B, 2, T, F]``: per view, a gain (a constant in the log
+    domain) and a smooth EQ curve over frequency (three random cosines), in dB."""
+    if cfg.p_gain == 0 and cfg.p_eq == 0:
+        return
+    b, v, _, f = feats.shape
+    db_to_ln = np.log(10.0) / 20.0                   # log-magnitude units per dB
+    grid = np.linspace(0.0, np.pi, f)
+    for i in range(b):
+        for k in range(v):
+            shift = np.zeros(f, dtype=np.float32)
+            if rng.random() < cfg.p_gain:
+                shift += rng.uniform(-cfg.gain_db, cfg.gain_db)
+            if rng.random() < cfg.p_eq:
+                amp = rng.uniform(-1.0, 1.0, 3) * cfg.eq_db / 3.0
+                phase = rng.uniform(0, 2 * np.pi, 3)
+                shift += sum(a * np.cos((j + 1) * grid + ph) for j, (a, ph) in enumerate(zip(amp, phase)))
+            feats[i, k] += (shift * db_to_ln).astype(np.float32)[None, :]
 
 
 class Triplet(Method):

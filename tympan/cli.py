@@ -190,6 +190,19 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from tympan.distributed.checkpoint_ref import CheckpointError
+    from tympan.distributed.embed import EmbedError, embed
+
+    try:
+        embed(args.checkpoint, args.data, args.out, timestamps=args.timestamps, backend=args.backend,
+              part_size=args.part_size, num_actors=args.actors)
+    except (CheckpointError, EmbedError) as e:
+        print(f"tympan embed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_bench_train(args: argparse.Namespace) -> int:
     from tympan.distributed.bench_train import (BenchTrainConfig, run_bench_train, to_json,
                                                 write_markdown)
@@ -203,6 +216,22 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
         flags = ["--quick" if args.quick else "", *(["--methods", *args.methods] if args.methods else [])]
         write_markdown(res, md, " ".join(["tympan bench train", *filter(None, flags)]))
         print(f"written to {md}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tympan.datasets.manifest import ManifestError
+    from tympan.distributed.checkpoint_ref import CheckpointError
+    from tympan.distributed.evaluate import EvalConfig, EvaluateError, evaluate
+
+    cfg = EvalConfig(seeds=tuple(range(args.seeds)), models=tuple(m.strip() for m in args.models.split(",")),
+                     backend=args.backend, max_clips_per_split=args.max_clips_per_split,
+                     supervised_steps=args.supervised_steps)
+    try:
+        evaluate(args.checkpoint, args.tasks, args.out, cfg, tracking_uri=args.tracking_uri)
+    except (CheckpointError, EvaluateError, ManifestError) as e:
+        print(f"tympan evaluate: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -307,16 +336,41 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("overrides", nargs="*", help="key=value config overrides")
     pre.set_defaults(func=_cmd_pretrain)
 
-    emb = sub.add_parser("embed", help="batch embedding export with Ray Data")
-    emb.add_argument("--checkpoint", required=True)
-    emb.add_argument("--data", required=True)
-    emb.add_argument("--out", required=True)
-    emb.set_defaults(func=_not_built("embed"))
+    emb = sub.add_parser("embed", help="batch embedding export with Ray Data",
+                         description="Clip (scene) embeddings of every clip of --data, written as "
+                                     "Parquet parts under --out (clip_id, split, labels, embedding); "
+                                     "resumable; bad clips skipped and listed in bad_clips.json.")
+    emb.add_argument("--checkpoint", required=True,
+                     help="checkpoint file, run directory, Ray Train checkpoint dir or runs:/ID/PATH")
+    emb.add_argument("--data", required=True,
+                     help="shard directory / s3:// prefix, manifest .parquet, HEAR task folder or a folder of them")
+    emb.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    emb.add_argument("--timestamps", action="store_true",
+                     help="also write frame embeddings and their centre times in ms")
+    emb.add_argument("--backend", choices=["ray", "local"], default="ray",
+                     help="ray: Ray Data actor pool (GPU when present); local: the same code in-process")
+    emb.add_argument("--part-size", type=int, default=256, help="manifest rows per output part")
+    emb.add_argument("--actors", type=int, default=None, help="embedding actors (default: one per GPU, else CPUs-1)")
+    emb.set_defaults(func=_cmd_embed)
 
-    ev = sub.add_parser("evaluate", help="linear probes on downstream tasks, with baselines")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--tasks", required=True)
-    ev.set_defaults(func=_not_built("evaluate"))
+    ev = sub.add_parser("evaluate", help="linear probes on downstream tasks, with baselines",
+                        description="Frozen-embedding linear probes for the checkpoint and the "
+                                    "random-init, log-mel and supervised baselines, on HEAR task "
+                                    "folders or ingested manifests (folds -> cross-validation).")
+    ev.add_argument("--checkpoint", required=True,
+                    help="checkpoint file, run directory, Ray Train checkpoint dir or runs:/ID/PATH")
+    ev.add_argument("--tasks", required=True, nargs="+", metavar="PATH",
+                    help="HEAR task folder, folder of them (offline corpus tasks/), or manifest .parquet")
+    ev.add_argument("--out", default="runs/evaluate", help="results folder (default runs/evaluate)")
+    ev.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
+    ev.add_argument("--models", default=",".join(("pretrained", "random-init", "log-mel", "supervised")),
+                    help="comma-separated subset of pretrained,random-init,log-mel,supervised")
+    ev.add_argument("--supervised-steps", type=int, default=300)
+    ev.add_argument("--max-clips-per-split", type=int, default=None)
+    ev.add_argument("--backend", choices=["ray", "local"], default="ray")
+    ev.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: "
+                    "MLFLOW_TRACKING_URI, the checkpoint run's store, or OUT/mlflow.db)")
+    ev.set_defaults(func=_cmd_evaluate)
 
     tune = sub.add_parser("tune", help="Ray Tune studies")
     tsub = tune.add_subparsers(dest="tune_command", metavar="STUDY", required=True)

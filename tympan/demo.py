@@ -4,11 +4,12 @@
 2. pretrain one method on the unlabelled pretraining shards with ``tympan pretrain``'s path:
    embedded Ray, Ray Train with ``workers`` data-parallel workers fed by the Ray Data pipeline,
    one MLflow run (sqlite store in the run directory),
-3. embed every task's clips with the pretrained encoder and with the same architecture at
-   random initialisation, fit linear probes, and
-4. print the table next to each task's chance level and log-mel baseline; write it, the
-   checkpoint and the config to the run directory; end with the command that opens the
-   MLflow run.
+3. evaluate with ``tympan evaluate``'s code (:mod:`tympan.distributed.evaluate`, in-process):
+   linear probes on every task for the pretrained encoder, the same architecture at random
+   initialisation and log-mel statistics (plus the supervised upper bound with
+   ``eval_models``), and
+4. print the table; write it, the checkpoint and the config to the run directory; end with
+   the command that opens the MLflow run.
 
 :func:`pretrain_in_process` (one process, no Ray) stays for tests and quick experiments.
 """
@@ -41,12 +42,18 @@ class DemoConfig:
     seed: int = 0
     max_clips_per_split: int = 200      # per task split, to bound the evaluation time
     tasks: tuple[str, ...] = ()         # empty: every task the corpus has
+    # The table (tympan.distributed.evaluate): models and seeds per task. "supervised" (the
+    # same network trained on each task's labels) is the upper bound; it costs minutes per task.
+    eval_models: tuple[str, ...] = ("pretrained", "random-init", "log-mel")
+    eval_seeds: int = 1
+    supervised_steps: int = 200
 
     def __post_init__(self):
         check(self.steps > 0, "steps", self.steps, "must be positive")
         check(self.batch_size > 1, "batch_size", self.batch_size, "needs at least 2 clips")
         check(self.scale in ("small", "full"), "scale", self.scale, "must be small or full")
         check(self.workers >= 1, "workers", self.workers, "must be >= 1")
+        check(self.eval_seeds >= 1, "eval_seeds", self.eval_seeds, "must be >= 1")
 
 
 def pretrain_in_process(method: str, clips: Sequence, *, steps: int, batch_size: int, seed: int,
@@ -74,38 +81,10 @@ def pretrain_in_process(method: str, clips: Sequence, *, steps: int, batch_size:
     return model.eval(), losses
 
 
-@torch.no_grad()
-def embed_task(model, task_dir: Path, max_per_split: int, batch_size: int = 64
-               ) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """Clip embeddings of a HEAR task folder, per split: ``{split: (X [N, D], labels)}``.
-
-    Clips of equal length are embedded together (padding would change a clip's mean
-    embedding), in batches of ``batch_size``."""
-    import soundfile as sf
-
-    out = {}
-    for split in ("train", "valid", "test"):
-        mapping = json.loads((task_dir / f"{split}.json").read_text())
-        items = sorted(mapping.items())[:max_per_split]
-        waves = [sf.read(task_dir / "16000" / split / fname, dtype="float32")[0] for fname, _ in items]
-        emb = np.zeros((len(items), model.embedding_dim), dtype=np.float32)
-        by_length: dict[int, list[int]] = {}
-        for i, w in enumerate(waves):
-            by_length.setdefault(len(w), []).append(i)
-        for idx in by_length.values():
-            for j in range(0, len(idx), batch_size):
-                chunk = idx[j:j + batch_size]
-                batch = torch.from_numpy(np.stack([waves[i] for i in chunk]))
-                emb[chunk] = model.embed_clip(batch).numpy()
-        out[split] = (emb, [labels[0] for _, labels in items])
-    return out
-
-
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
     from tympan.datasets.offline.build import build_offline
-    from tympan.datasets.offline.tasks import read_task_info
-    from tympan.methods.probe import linear_probe
-    from tympan.methods.registry import build_method, load_method
+    from tympan.distributed.evaluate import EvalConfig, evaluate, format_table
+    from tympan.methods.registry import load_method
 
     from tympan.distributed.train import RunSpec, check_world_sizes, pretrain, resolve_configs
 
@@ -132,34 +111,19 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
                        train_cfg, method_cfg)
     model = load_method(summary["checkpoint"])
     model.save(out / "model.pt")
-    torch.manual_seed(cfg.seed + 1)
-    random_model = build_method(cfg.method, model.cfg).eval()
 
-    print("[3/4] linear probes on the downstream tasks", flush=True)
+    print("[3/4] linear probes on the downstream tasks (tympan.distributed.evaluate)", flush=True)
     task_dirs = sorted(p.parent for p in (corpus / "tasks").glob("*/task_metadata.json"))
     if cfg.tasks:
         task_dirs = [d for d in task_dirs if d.name in cfg.tasks]
-    rows = []
-    for task_dir in task_dirs:
-        info = read_task_info(task_dir)
-        scores = {}
-        for tag, m in (("random init", random_model), ("pretrained", model)):
-            emb = embed_task(m, task_dir, cfg.max_clips_per_split)
-            res = linear_probe(*emb["train"], *emb["test"], *emb["valid"])
-            scores[tag] = res.accuracy
-        rows.append({"task": info.name, "classes": info.n_classes, "chance": info.chance,
-                     "log-mel baseline": info.baseline_accuracy, **scores})
-        print(f"  {info.name}: pretrained {scores['pretrained']:.3f}  random {scores['random init']:.3f}",
-              flush=True)
-
-    print("[4/4] results", flush=True)
-    header = ["task", "classes", "chance", "log-mel baseline", "random init", "pretrained"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        lines.append("| " + " | ".join(
-            f"{r[h]:.3f}" if isinstance(r[h], float) else str(r[h]) for h in header) + " |")
-    table = "\n".join(lines)
-    print(table)
+    eval_cfg = EvalConfig(seeds=tuple(range(cfg.eval_seeds)), models=cfg.eval_models,
+                          backend="local", max_clips_per_split=cfg.max_clips_per_split,
+                          supervised_steps=cfg.supervised_steps)
+    rows = evaluate(str(out / "model.pt"), [str(d) for d in task_dirs], out / "evaluation",
+                    eval_cfg, log=lambda msg: print(msg, flush=True))
+    table = format_table(rows)
+    print(table, flush=True)
+    print(f"[4/4] report -> {out / 'report.md'}", flush=True)
     report = {"config": asdict(cfg),
               "pretraining": f"Ray Train, {summary['workers']} workers (embedded Ray)",
               "loss_first": summary["loss_first"], "loss_last": summary["loss_last"],
