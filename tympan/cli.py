@@ -131,6 +131,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from tympan.distributed.train import (PretrainError, RunSpec, load_run_record, parse_workers,
+                                          pretrain, resolve_configs)
+    from tympan.methods.registry import UnknownMethodError
+
+    base, method, data = None, args.method, args.data
+    if args.resume:
+        out = args.out or (f"runs/{args.name}" if args.name else None)
+        record = load_run_record(out) if out else None
+        if record is not None:      # the stored configs, with this call's overrides on top
+            base = {**record["method_cfg"], **record["train"]}
+            method, data = method or record["method"], data or record["data"]
+    for flag, value in (("--method", method), ("--data", data)):
+        if not value:
+            print(f"tympan pretrain: {flag} is required (a --resume finds it in the run's run.json)",
+                  file=sys.stderr)
+            return 2
+    try:
+        train, method_cfg = resolve_configs(method, args.config, args.overrides, base=base)
+    except UnknownMethodError as e:
+        print(f"tympan pretrain: {e}", file=sys.stderr)
+        return 2
+    spec = RunSpec(method=method, data=data, workers=parse_workers(args.workers),
+                   gpus_per_worker=args.gpus_per_worker, address=args.address, name=args.name,
+                   out=args.out, storage=args.storage, tracking_uri=args.tracking_uri,
+                   resume=args.resume)
+    try:
+        pretrain(spec, train, method_cfg)
+    except PretrainError as e:
+        print(f"tympan pretrain: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # ---- parser ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,13 +233,38 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write the generated task table here (e.g. docs/offline_tasks.md)")
     off.set_defaults(func=_cmd_data_offline)
 
-    pre = sub.add_parser("pretrain", help="Ray Train pretraining of one method")
-    pre.add_argument("--method", required=True)
-    pre.add_argument("--data", required=True, help="shard directory / s3:// prefix")
-    pre.add_argument("--config", default=None, help="YAML config file")
-    pre.add_argument("--resume", action="store_true")
+    pre = sub.add_parser(
+        "pretrain", help="Ray Train pretraining of one method",
+        description="Data-parallel pretraining on Ray Train, fed by the Ray Data pipeline, tracked "
+                    "in MLflow. Config keys (key=value): the training keys steps, batch_size "
+                    "(global), grad_accum, warmup_steps, min_lr_ratio, checkpoint_every, "
+                    "num_to_keep, val_every, val_batches, log_every, seed, max_failures, "
+                    "precision, data_cpus_per_gpu, shuffle_buffer; any other key is the "
+                    "method's (width=0.5, optim.lr=3e-4, frontend.n_mels=128 ...).")
+    pre.add_argument("--method", default=None,
+                     help="registry name: audio2vec-cbow, audio2vec-skipgram, temporal-gap, triplet, "
+                          "cola, l3, soundnet, audio-word2vec, audio-text")
+    pre.add_argument("--data", default=None,
+                     help="shard directory or s3:// prefix; several with weights 'A=0.7,s3://b/x=0.3'; "
+                          "offline:DIR (live mixer of an offline build); offline-av:DIR (its AV clips)")
+    pre.add_argument("--workers", default="2",
+                     help="training workers: N, or MIN-MAX for elastic training (default 2)")
+    pre.add_argument("--gpus-per-worker", type=float, default=0.0,
+                     help="GPUs per worker (default 0: CPU training)")
+    pre.add_argument("--address", default=None,
+                     help="Ray cluster address (default: RAY_ADDRESS, else an embedded local cluster)")
+    pre.add_argument("--name", default=None, help="run name (default: METHOD-TIME)")
+    pre.add_argument("--out", default=None, help="run directory (default: runs/NAME)")
+    pre.add_argument("--storage", default=None,
+                     help="checkpoint storage, a directory or s3:// prefix shared by all nodes "
+                          "(default: OUT/checkpoints)")
+    pre.add_argument("--tracking-uri", default=None,
+                     help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in OUT)")
+    pre.add_argument("--resume", action="store_true",
+                     help="continue the run NAME from its latest checkpoint (same --storage)")
+    pre.add_argument("--config", default=None, help="YAML file of config keys")
     pre.add_argument("overrides", nargs="*", help="key=value config overrides")
-    pre.set_defaults(func=_not_built("pretrain"))
+    pre.set_defaults(func=_cmd_pretrain)
 
     emb = sub.add_parser("embed", help="batch embedding export with Ray Data")
     emb.add_argument("--checkpoint", required=True)
