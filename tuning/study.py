@@ -153,7 +153,7 @@ def pretrain_trial(config: dict) -> None:
     done = trial_record_path(out, key)
     if done.is_file():                       # finished before the driver was killed
         row = json.loads(done.read_text())
-        ray.tune.report({**numeric(row), "reused": 1})
+        ray.tune.report({**numeric(row), "final": 1.0, "reused": 1.0})
         return
 
     train_cfg, method_cfg = resolve_configs(
@@ -201,7 +201,7 @@ def pretrain_trial(config: dict) -> None:
         log_metrics(MlflowClient(study["tracking_uri"]), summary["mlflow_run_id"], summary["steps"],
                     {k: v for k, v in row.items() if k.startswith("acc_") or k == "average"})
     _atomic_json(done, row)
-    ray.tune.report(numeric(row))
+    ray.tune.report({**numeric(row), "final": 1.0})
 
 
 def trial_key(method: str, choices: Mapping[str, Any]) -> str:
@@ -225,12 +225,13 @@ def init_ray(address: str | None):
 
 
 def run_tuner(opts: StudyOptions, trainable: Callable, param_space: dict, *, metric: str | None = None,
-              mode: str | None = None, scheduler=None, num_samples: int = 1, search_alg=None,
+              mode: str | None = None, scheduler=None, num_samples: int = 1, seed: int = 0,
               log: Callable = print):
     """A new Tune experiment in ``OUT/tune/<name>``, or the one found there continued
     (``Tuner.restore(..., resume_errored=True)``). Returns the ResultGrid."""
     import ray
     from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     path = Path(opts.out) / "tune" / opts.name
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -246,9 +247,12 @@ def run_tuner(opts: StudyOptions, trainable: Callable, param_space: dict, *, met
     else:
         tuner = tune.Tuner(
             trainable, param_space=param_space,
+            # a seeded variant generator: the same command samples the same configurations;
+            # it also holds the concurrency limit (Tune ignores max_concurrent_trials beside it)
             tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=scheduler,
-                                        search_alg=search_alg, num_samples=num_samples,
-                                        max_concurrent_trials=concurrent,
+                                        search_alg=BasicVariantGenerator(random_state=seed,
+                                                                         max_concurrent=concurrent),
+                                        num_samples=num_samples,
                                         trial_dirname_creator=lambda t: t.trial_id),
             run_config=tune.RunConfig(name=opts.name, storage_path=str(path.parent), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=1)))

@@ -88,7 +88,6 @@ def run_sweep(method: str, space_path: str, opts: StudyOptions, *, scheduler: st
               overrides: tuple[str, ...] = (), seed: int = 0, log: Callable = print) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from tympan.distributed.train import resolve_configs
     from tympan.tuning import data as D
@@ -120,8 +119,7 @@ def run_sweep(method: str, space_path: str, opts: StudyOptions, *, scheduler: st
     sched = (ASHAScheduler(time_attr="training_iteration", max_t=rungs + 1, grace_period=1,
                            reduction_factor=2) if scheduler == "asha" else FIFOScheduler())
     grid = S.run_tuner(opts, _sweep_trial, param_space, metric="val_loss", mode="min",
-                       scheduler=sched, num_samples=samples,
-                       search_alg=BasicVariantGenerator(random_state=seed), log=log)
+                       scheduler=sched, num_samples=samples, seed=seed, log=log)
     return finish_sweep(opts, run, grid, rungs, log=log)
 
 
@@ -135,8 +133,10 @@ def finish_sweep(opts: StudyOptions, run: dict, grid, rungs: int, log: Callable 
         cfg = res.config or {}
         tid = (res.metrics or {}).get("trial_id") or Path(res.path).name
         hist = res.metrics_dataframe
-        vals = (hist["val_loss"].dropna().tolist()
-                if hist is not None and "val_loss" in hist else [])
+        vals = []
+        if hist is not None and "val_loss" in hist:
+            during = hist[hist["final"] != 1.0] if "final" in hist else hist   # training reports
+            vals = during["val_loss"].dropna().tolist()
         reports = len(vals)
         status = ("error" if res.error else "completed" if tid in records
                   else "stopped early" if reports < rungs else "incomplete")
