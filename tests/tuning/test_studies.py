@@ -21,7 +21,9 @@ from PIL import Image
 TINY = ["width=0.0625", "image_size=32", "batch_size=4", "embed_hop_s=0.5"]
 TASKS = ("speech_music_noise", "av_objects")
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+# Each test takes 1-4 min on an idle 2-core machine; the limit leaves room for a loaded one
+# (the session's corpus build counts toward the first test's time).
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(2400)]
 
 
 def _read_csv(path: Path) -> list[dict]:
