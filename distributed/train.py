@@ -684,8 +684,13 @@ def _init_ray(address: str | None):
 
 
 def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed | None = None,
-             *, verbose: bool = True) -> dict:
-    """Run (or resume) one pretraining; returns the summary written to ``summary.json``."""
+             *, verbose: bool = True, callbacks: Sequence[Any] = (),
+             tags: Mapping[str, str] | None = None) -> dict:
+    """Run (or resume) one pretraining; returns the summary written to ``summary.json``.
+
+    ``callbacks``: extra Ray Train user callbacks (a Tune trial passes ``TuneReportCallback``);
+    ``tags``: extra MLflow tags of the run (a Tune trial nests it under its study run with
+    ``mlflow.parentRunId``)."""
     from tympan.distributed import checkpoints as ck
     from tympan.distributed.tracking import Tracker, ray_tags, redact, resolve_tracking_uri
 
@@ -726,7 +731,7 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
     res = worker_resources(spec.workers[1], spec.gpus_per_worker, cluster_cpus, train.cpus_per_worker)
     tracker.set_tags({**ray_tags(), "tympan.method": spec.method, "tympan.name": spec.name,
                       "tympan.storage": redact(exp_uri), "tympan.resumed": str(spec.resume).lower(),
-                      "tympan.worker_resources": json.dumps(res)})
+                      "tympan.worker_resources": json.dumps(res), **dict(tags or {})})
     _atomic_write_text(out / RUN_FILE, json.dumps(
         {**config_record, "name": spec.name, "storage": storage, "mlflow_run_id": run_id,
          "tracking_uri": redact(tracking_uri)}, indent=2))
@@ -754,7 +759,7 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
         train_func, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=spec.gpus_per_worker > 0,
                                      resources_per_worker=res),
-        run_config=RunConfig(name=spec.name, storage_path=storage,
+        run_config=RunConfig(name=spec.name, storage_path=storage, callbacks=list(callbacks),
                              failure_config=FailureConfig(max_failures=train.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=train.num_to_keep)),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]))

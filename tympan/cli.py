@@ -235,6 +235,110 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- tympan tune --------------------------------------------------------------------------------
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma list of {kind.__name__}")
+    return parse
+
+
+def _study_options(args: argparse.Namespace, kind: str, default_name: str, settings: dict):
+    from tympan.tuning.study import StudyOptions, settings_of
+
+    name = args.name or default_name
+    return StudyOptions(kind=kind, name=name, out=args.out or f"runs/tune/{name}",
+                        corpus=args.corpus, address=args.address, tracking_uri=args.tracking_uri,
+                        workers=args.workers, max_concurrent=args.max_concurrent,
+                        settings=settings_of(**settings, workers=args.workers))
+
+
+def _cmd_tune_grid(args: argparse.Namespace) -> int:
+    from tympan.tuning.l3_design import GridSpec, run_grid
+
+    kind = args.tune_command
+    method = "l3" if kind == "l3-design" else args.method
+    spec = GridSpec(method=method, inputs=args.inputs if kind == "l3-design" else (),
+                    contents=args.content, sizes=args.sizes, seeds=args.seeds, steps=args.steps,
+                    tasks=args.tasks, max_per_split=args.max_per_split,
+                    overrides=tuple(args.overrides))
+    default = "l3-design" if kind == "l3-design" else f"scaling-{method}"
+    opts = _study_options(args, kind, default, {"spec": spec})
+    run_grid(kind, spec, opts)
+    return 0
+
+
+def _cmd_tune_sweep(args: argparse.Namespace) -> int:
+    from tympan.tuning.sweep import run_sweep
+
+    settings = {"method": args.method, "space": str(args.space), "scheduler": args.scheduler,
+                "samples": args.samples, "steps": args.steps, "val_every": args.val_every,
+                "size": args.size, "overrides": list(args.overrides), "seed": args.seed}
+    opts = _study_options(args, "sweep", f"sweep-{args.method}", settings)
+    run_sweep(args.method, args.space, opts, scheduler=args.scheduler, samples=args.samples,
+              steps=args.steps, val_every=args.val_every, size=args.size,
+              overrides=tuple(args.overrides), seed=args.seed)
+    return 0
+
+
+def _add_tune_parsers(tsub) -> None:
+    from tympan.tuning.data import CONTENTS, PROBE_TASKS   # no ray: keeps --help fast
+
+    def common(p):
+        p.add_argument("--corpus", default="data/offline",
+                       help="built offline corpus; built at small scale when missing (default data/offline)")
+        p.add_argument("--name", default=None, help="study name (default: the study kind)")
+        p.add_argument("--out", default=None, help="study directory (default runs/tune/NAME)")
+        p.add_argument("--address", default=None, help="Ray address (default: embedded / RAY_ADDRESS)")
+        p.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite in --out)")
+        p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (default 1)")
+        p.add_argument("--max-concurrent", type=int, default=None,
+                       help="trials at a time (default: as many as the cluster's CPUs hold)")
+        p.add_argument("overrides", nargs="*",
+                       help="key=value training/method config overrides for every trial "
+                            "(e.g. width=0.5 image_size=224 optim.lr=1e-4)")
+
+    def grid(p, with_inputs: bool):
+        if with_inputs:
+            p.add_argument("--inputs", type=_csv(str), default=("linear", "mel128", "mel256"),
+                           help="input representations (default linear,mel128,mel256)")
+        p.add_argument("--content", type=_csv(str), default=("all",),
+                       help=f"pretraining content subsets, of {','.join(CONTENTS)} (AV methods; default all)")
+        p.add_argument("--sizes", type=_csv(int), default=(8, 16, 32, 64),
+                       help="pretraining clips per trial, nested subsets (default 8,16,32,64)")
+        p.add_argument("--seeds", type=int, default=2, help="seeds per point (default 2)")
+        p.add_argument("--steps", type=int, default=60, help="optimisation steps per trial (default 60)")
+        p.add_argument("--tasks", type=_csv(str), default=PROBE_TASKS,
+                       help=f"probe tasks (default {','.join(PROBE_TASKS)})")
+        p.add_argument("--max-per-split", type=int, default=48,
+                       help="probe clips per split, balanced over labels (default 48)")
+        common(p)
+        p.set_defaults(func=_cmd_tune_grid)
+
+    grid(tsub.add_parser("l3-design", help="the 'Look, listen and learn more' design study "
+                         "(input representation x content x pretraining clips)"), True)
+    sc = tsub.add_parser("scaling", help="dataset-size saturation curve of any method")
+    sc.add_argument("--method", required=True)
+    grid(sc, False)
+
+    sw = tsub.add_parser("sweep", help="hyper-parameter search with ASHA early stopping on val loss")
+    sw.add_argument("--method", required=True)
+    sw.add_argument("--space", required=True, help="search space YAML (key: value or {loguniform|"
+                    "uniform|randint|choice|grid: [...]})")
+    sw.add_argument("--scheduler", choices=["asha", "fifo"], default="asha")
+    sw.add_argument("--samples", type=int, default=8, help="trials (per grid point) (default 8)")
+    sw.add_argument("--steps", type=int, default=40, help="steps per trial (default 40)")
+    sw.add_argument("--val-every", type=int, default=10, help="steps between val-loss reports (default 10)")
+    sw.add_argument("--size", type=int, default=None, help="pretraining clips (default: the whole pool)")
+    sw.add_argument("--seed", type=int, default=0, help="search and training seed (default 0)")
+    common(sw)
+    sw.set_defaults(func=_cmd_tune_sweep)
+
+
 # ---- parser ------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,8 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="Ray Tune studies")
     tsub = tune.add_subparsers(dest="tune_command", metavar="STUDY", required=True)
-    l3d = tsub.add_parser("l3-design", help="the 'Look, listen and learn more' design study")
-    l3d.set_defaults(func=_not_built("tune l3-design"))
+    _add_tune_parsers(tsub)
 
     bench = sub.add_parser("bench", help="benchmarks written to docs/benchmarks.md")
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
