@@ -1,5 +1,5 @@
-"""The ``tympan`` command line. Every command is a thin function over library code; a command
-whose implementation has not been built yet says so on one line and exits non-zero."""
+"""The ``tympan`` command line. Every command is a thin function over library code; a bad
+config is refused (exit 2) before any cluster resource is taken."""
 
 from __future__ import annotations
 
@@ -8,19 +8,6 @@ import sys
 from typing import Callable, Sequence
 
 from tympan.config import ConfigError
-
-EXIT_NOT_BUILT = 3
-
-
-class NotBuilt(Exception):
-    """Raised by a command whose implementation belongs to a later issue."""
-
-
-def _not_built(what: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise NotBuilt(f"tympan {what}: not built yet")
-    return run
-
 
 # ---- command implementations (each imports its layer lazily so --help stays fast) --------
 
@@ -516,9 +503,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except NotBuilt as e:
-        print(str(e), file=sys.stderr)
-        return EXIT_NOT_BUILT
     except ConfigError as e:
         print(f"tympan: {e}", file=sys.stderr)
         return 2

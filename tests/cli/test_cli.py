@@ -1,5 +1,5 @@
 """The ``tympan`` console script: the DESIGN.md command groups, ``--help`` everywhere, and the
-one-line, non-zero "not built yet" exit of a command whose implementation is still missing."""
+one-line exit 2 of a config error."""
 
 from __future__ import annotations
 
@@ -54,23 +54,6 @@ def test_ingest_lists_the_corpus_formats(capsys):
     out = capsys.readouterr().out
     for fmt in ("audioset", "esc50", "speechcommands", "nsynth", "vggsound", "hear", "folder"):
         assert fmt in out
-
-
-def test_not_built_command_exits_nonzero_with_one_line(monkeypatch, capsys):
-    """A stub raising NotBuilt, in a test-local parser, so this does not depend on which real
-    commands are still unbuilt."""
-    def parser() -> argparse.ArgumentParser:
-        p = argparse.ArgumentParser(prog="tympan")
-        sub = p.add_subparsers(dest="command", required=True)
-        sub.add_parser("someday").set_defaults(func=cli._not_built("someday"))
-        return p
-
-    monkeypatch.setattr(cli, "build_parser", parser)
-    code = cli.main(["someday"])
-    captured = capsys.readouterr()
-    assert code == cli.EXIT_NOT_BUILT != 0
-    assert captured.out == ""                                    # no fake output
-    assert captured.err == "tympan someday: not built yet\n"
 
 
 def test_config_error_exits_2_naming_the_key(monkeypatch, capsys):
