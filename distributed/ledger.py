@@ -48,13 +48,18 @@ class Ledger:
                 "views_s": sum(v for _, v in seconds.values())}
 
 
-_SESSION: tuple[str, object] | None = None     # (Ray job id, ledger handle)
+_SESSION: tuple[tuple[str, str], object] | None = None     # ((job id, node id), ledger handle)
 
 
 def session_ledger():
-    """This driver's ledger actor, started on first use (and again after a Ray restart)."""
+    """This driver's ledger actor, started on first use (and again after a Ray restart).
+
+    Keyed by job id AND node id: a new local cluster in the same process (ray.shutdown(), then
+    ray.init()) numbers its jobs from 01000000 again, and reusing the old handle there aborts
+    the driver inside Ray (actor_manager.cc "Cannot find actor handle")."""
     global _SESSION
-    job = ray.get_runtime_context().get_job_id()
-    if _SESSION is None or _SESSION[0] != job:
-        _SESSION = (job, Ledger.remote())
+    ctx = ray.get_runtime_context()
+    key = (ctx.get_job_id(), ctx.get_node_id())
+    if _SESSION is None or _SESSION[0] != key:
+        _SESSION = (key, Ledger.remote())
     return _SESSION[1]
