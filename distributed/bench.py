@@ -891,15 +891,20 @@ def format_markdown(res: dict[str, Any], command: str, notes: str = "") -> str:
 
 
 def write_markdown(res: dict[str, Any], path: str | Path, command: str) -> Path:
-    """Write ``path``, keeping the hand-written notes block of the file it replaces."""
+    """Write ``path``, keeping the hand-written notes block of the file it replaces and the
+    sections other benchmarks keep there (``## `tympan bench train```, ...)."""
     path = Path(path)
-    notes = ""
+    notes, others = "", ""
     if path.exists():
         old = path.read_text()
         if NOTES_BEGIN in old and NOTES_END in old:
             notes = old.split(NOTES_BEGIN, 1)[1].split(NOTES_END, 1)[0]
+        parts = old.split("\n## `tympan bench ")
+        others = "".join("\n## `tympan bench " + p for p in parts[1:]
+                         if not p.startswith("data`"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(format_markdown(res, command, notes))
+    path.write_text(format_markdown(res, command, notes).rstrip("\n") + "\n" + others.rstrip("\n")
+                    + ("\n" if others else ""))
     return path
 
 
