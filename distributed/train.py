@@ -683,6 +683,25 @@ def _init_ray(address: str | None):
     return ray
 
 
+def _release_placement_groups() -> None:
+    """Remove placement groups this driver's job still holds once ``fit`` has returned.
+
+    Ray Train's controller removes its worker group's placement group, and a cleaner actor
+    removes it if the controller dies; that cleaner fails when several Ray clusters run on one
+    host (its state-API lookup cannot choose one), and a leaked group keeps its CPUs reserved,
+    which starves the data pipeline of the next run in the same process. A placement group id
+    ends with its job id, so only this job's groups are touched."""
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()
+    for pg_id, info in ray.util.placement_group_table().items():
+        if pg_id.endswith(job) and info.get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
+            try:
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+            except Exception:     # already gone
+                pass
+
+
 def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed | None = None,
              *, verbose: bool = True, callbacks: Sequence[Any] = (),
              tags: Mapping[str, str] | None = None) -> dict:
@@ -769,6 +788,7 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
     except (TrainingFailedError, KeyboardInterrupt) as e:
         tracker.end("FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED")
         feed.shutdown()
+        _release_placement_groups()
         raise PretrainError(f"pretraining {spec.name} failed: {e}; the latest checkpoint is kept "
                             f"under {redact(exp_uri)} (rerun with --resume --name {spec.name})") from e
 
@@ -776,6 +796,7 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
     m = dict(result.metrics or {})
     bad = feed.bad_clips()
     feed.shutdown()
+    _release_placement_groups()
     ckpt_uri = f"{exp_uri}/{ck.checkpoint_dir_name(int(m.get('step', train.steps)))}/{ck.CHECKPOINT_FILE}"
     summary = {"method": spec.method, "name": spec.name, "steps": int(m.get("step", train.steps)),
                "workers": int(m.get("world_size", spec.workers[1])),
