@@ -199,3 +199,35 @@ def test_triplet_augmentations_change_only_the_positive(data):
     aug = sample(aug_cfg, clips, np.random.default_rng(3))
     assert np.array_equal(plain["anchor"], aug["anchor"])
     assert not np.allclose(plain["positive"], aug["positive"])
+
+
+def test_cola_positive_noise_snr_as_released_code():
+    """google-research/cola L2-normalises the clip, then adds sigma 0.001 noise: ~8.0 dB SNR on
+    a 10 s clip at 16 kHz. ``clip_norm`` scales the noise by the clip's norm to the same SNR;
+    ``raw`` (sigma 0.001 on the waveform) is tens of dB quieter."""
+    from tympan.methods.cola import COLAConfig, crop_waves
+    clip = synthetic_clips(1, duration_s=10.0, seed=3)[0]
+    clip_power = float(np.mean(np.asarray(clip.audio, dtype=np.float64) ** 2))
+    snr = {}
+    for scale in ("clip_norm", "raw"):
+        cfg = COLAConfig(noise_scale=scale, batch_size=1)
+        clean = crop_waves(dataclasses.replace(cfg, noise_std=0.0), [clip] * 64, np.random.default_rng(0))
+        noisy = crop_waves(cfg, [clip] * 64, np.random.default_rng(0))
+        assert np.array_equal(clean[:, 0], noisy[:, 0])            # the anchor stays clean
+        noise = (noisy[:, 1] - clean[:, 1]).astype(np.float64)
+        snr[scale] = 10 * np.log10(clip_power / np.mean(noise ** 2))
+    expected = 10 * np.log10(1 / (160_000 * 0.001 ** 2))             # 7.96 dB
+    assert abs(snr["clip_norm"] - expected) < 0.2, snr
+    assert snr["raw"] > snr["clip_norm"] + 15, snr
+
+
+def test_cola_released_front_end_option():
+    """``RELEASED``: 98-frame crops and FFT 1024 (the released code's front end)."""
+    from tympan.methods.cola import RELEASED, COLA, COLAConfig
+    cfg = dataclasses.replace(small_cfg("cola", batch_size=2), **RELEASED)
+    assert cfg.frontend.n_fft == 1024 and cfg.frontend.n_mels == 64
+    model = COLA(cfg)
+    batch = model.sample_views(cfg, synthetic_clips(2, duration_s=2.0), np.random.default_rng(0))
+    assert batch["anchor"].shape == batch["positive"].shape == (2, 98, 64)
+    loss, _ = model.loss(model.to_tensors(batch))
+    assert torch.isfinite(loss)
