@@ -74,7 +74,7 @@ def test_l3_errors_and_short_clips():
 
 def test_l3_loss_matches_reference():
     torch.manual_seed(0)
-    model = L3(L3Config(**L3_SMALL)).eval()
+    model = L3(L3Config(**L3_SMALL, conv_l2=0.0)).eval()        # the cross-entropy alone
     batch = model.to_tensors(L3.sample_views(L3Config(**L3_SMALL), synthetic_clips(
         6, with_frames=True, duration_s=1.0, frame_size=32), np.random.default_rng(0)))
     with torch.no_grad():
@@ -119,5 +119,39 @@ def test_l3_full_size_shapes():
     with torch.no_grad():
         assert model.logits(*[torch.from_numpy(batch[k]) for k in ("audio", "frame")]).shape == (2, 2)
         emb, times = model.embed_frames(torch.zeros(1, 16000 + 1600))
-    assert emb.shape == (1, 2, 512) and times[0].tolist() == [500.0, 600.0]
-    assert cfg.optim.lr == 1e-5 and build_method("l3").embedding_dim == 512
+    # OpenL3 "original" pooling: the last block's 512-channel map max-pooled to 3 x 4 = 6144-d
+    assert emb.shape == (1, 2, 6144) and times[0].tolist() == [500.0, 600.0]
+    assert cfg.optim.lr == 1e-5 and build_method("l3").embedding_dim == 6144
+    glob = L3(L3Config(embed_pool="global")).eval()
+    glob.load_state_dict(model.state_dict())          # same weights: pooling only differs
+    with torch.no_grad():
+        g, _ = glob.embed_frames(torch.zeros(1, 16000))
+        spec = model.frontend(torch.randn(1, 16000))
+        grid, flat = model.embed_audio(spec), glob.embed_audio(spec)
+    assert g.shape == (1, 1, 512) and glob.embedding_dim == 512
+    # the global max is the max over the grid cells of each channel
+    assert torch.allclose(grid.view(1, 512, 12).amax(-1), flat)
+
+
+@pytest.mark.parametrize("name,window_ms", [("linear", 10.7), ("mel128", 42.7), ("mel256", 42.7)])
+def test_l3_inputs_keep_the_papers_time_resolution(name, window_ms):
+    """At 16 kHz the presets keep L3's / OpenL3's window durations (512 / 2048 samples at
+    48 kHz) and hop 5 ms, not their sample counts."""
+    fe = L3Config(audio_input=name).frontend
+    assert abs(fe.win_length / fe.sample_rate * 1000 - window_ms) < 0.1
+    assert fe.hop_length / fe.sample_rate == 0.005
+    assert fe.n_features == {"linear": 257, "mel128": 128, "mel256": 256}[name]
+
+
+def test_l3_conv_weight_decay_is_in_the_loss():
+    """l3embedding's L2 1e-5 on conv kernels: the loss is the cross-entropy + 1e-5 x sum w^2."""
+    torch.manual_seed(0)
+    model = L3(L3Config(**L3_SMALL)).eval()
+    plain = L3(L3Config(**L3_SMALL, conv_l2=0.0)).eval()
+    plain.load_state_dict(model.state_dict())
+    batch = model.to_tensors(L3.sample_views(L3Config(**L3_SMALL), synthetic_clips(
+        4, with_frames=True, duration_s=1.0, frame_size=32), np.random.default_rng(0)))
+    with torch.no_grad():
+        l2 = sum(float((m.weight ** 2).sum()) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert math.isclose(float(model.loss(batch)[0]) - float(plain.loss(batch)[0]), 1e-5 * l2,
+                            rel_tol=1e-3)
