@@ -129,13 +129,15 @@ class Audio2VecCBoW(_Audio2Vec):
     def _decoder_in(self) -> int:
         return self.cfg.dim * (2 * self.cfg.context if self.cfg.cbow_combine == "concat" else 1)
 
-    def loss(self, batch: dict[str, Tensor], dist: Dist = Dist()) -> tuple[Tensor, dict[str, float]]:
-        ctx, target = batch["context"], batch["target"]
+    def predict(self, ctx: Tensor) -> Tensor:
+        """Context ``[B, 2P, T, F]`` -> predicted middle slice ``[B, T, F]``."""
         b, n_ctx, t, f = ctx.shape
         z = self.encoder(ctx.reshape(b * n_ctx, t, f)).view(b, n_ctx, -1)  # [B, 2P, D]
         z = z.reshape(b, -1) if self.cfg.cbow_combine == "concat" else z.mean(dim=1)  # [B, 2PD]
-        loss = masked_mse(self.decoders[0](z), target)
-        return loss, {}
+        return self.decoders[0](z)
+
+    def loss(self, batch: dict[str, Tensor], dist: Dist = Dist()) -> tuple[Tensor, dict[str, float]]:
+        return masked_mse(self.predict(batch["context"]), batch["target"]), {}
 
 
 class Audio2VecSkipGram(_Audio2Vec):

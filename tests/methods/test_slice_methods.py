@@ -231,3 +231,25 @@ def test_cola_released_front_end_option():
     assert batch["anchor"].shape == batch["positive"].shape == (2, 98, 64)
     loss, _ = model.loss(model.to_tensors(batch))
     assert torch.isfinite(loss)
+
+
+def test_cbow_decoder_sees_the_concatenated_context():
+    """Tagliasacchi et al. 2020: the 2P context embeddings are concatenated (in time order)
+    before the decoder: its input is 2P x dim (2 x 2 x 128 = 512 at the paper's size), so
+    swapping two context slices changes the prediction; ``cbow_combine=mean`` is 128-d and
+    order-blind."""
+    model = build_method("audio2vec-cbow")
+    assert model.decoders[0].proj.in_features == 2 * model.cfg.context * model.cfg.dim == 512
+    small = small_cfg("audio2vec-cbow", batch_size=2)
+    batch = get_method("audio2vec-cbow").sample_views(small, synthetic_clips(2, duration_s=2.0),
+                                                      np.random.default_rng(0))
+    swapped = dict(batch, context=batch["context"][:, [1, 0, 2, 3]].copy())
+    for combine, order_matters in (("concat", True), ("mean", False)):
+        torch.manual_seed(0)
+        m = get_method("audio2vec-cbow")(dataclasses.replace(small, cbow_combine=combine)).train()  # BN on batch stats: a narrow net at init in eval is constant
+        with torch.no_grad():
+            a = m.predict(m.to_tensors(batch)["context"])
+            b = m.predict(m.to_tensors(swapped)["context"])
+        assert (not torch.allclose(a, b, atol=1e-4 * float(a.abs().max()))) == order_matters, combine
+    mean_cfg = dataclasses.replace(model.cfg, cbow_combine="mean")
+    assert get_method("audio2vec-cbow")(mean_cfg).decoders[0].proj.in_features == 128
