@@ -253,3 +253,17 @@ def test_cbow_decoder_sees_the_concatenated_context():
         assert (not torch.allclose(a, b, atol=1e-4 * float(a.abs().max()))) == order_matters, combine
     mean_cfg = dataclasses.replace(model.cfg, cbow_combine="mean")
     assert get_method("audio2vec-cbow")(mean_cfg).decoders[0].proj.in_features == 128
+
+
+def test_temporal_gap_soft_label_cross_entropy(data):
+    """``target: soft``: binary cross-entropy of the sigmoid output against the continuous
+    gap, checked against its formula -(g log p + (1 - g) log(1 - p))."""
+    cfg = dataclasses.replace(small_cfg("temporal-gap", batch_size=8), target="soft", clip_s=4.0)
+    model = get_method("temporal-gap")(cfg).eval()
+    batch = model.to_tensors(model.sample_views(cfg, data["train"][:8], np.random.default_rng(0)))
+    with torch.no_grad():
+        loss, metrics = model.loss(batch)
+        p = torch.sigmoid(model.predict(batch["first"], batch["second"]).squeeze(1)).double()
+    g = batch["gap"].double()
+    ref = -(g * p.log() + (1 - g) * (1 - p).log()).mean()
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5) and 0 <= metrics["gap_mae"] <= 1
