@@ -223,7 +223,7 @@ def test_cola_positive_noise_snr_as_released_code():
 
 def test_cola_released_front_end_option():
     """``RELEASED``: 98-frame crops and FFT 1024 (the released code's front end)."""
-    from tympan.methods.cola import RELEASED, COLA, COLAConfig
+    from tympan.methods.cola import RELEASED, COLA
     cfg = dataclasses.replace(small_cfg("cola", batch_size=2), **RELEASED)
     assert cfg.frontend.n_fft == 1024 and cfg.frontend.n_mels == 64
     model = COLA(cfg)
