@@ -14,14 +14,17 @@ Batch contract (both variants), float32:
 with T = slice_frames (96 = 0.96 s at hop 10 ms) and F = frontend.n_features (64).
 
 Defaults marked (unverified) in ANCHORS §2: P = 2; the paper's optimiser settings are not
-restated there, so Adam at lr 1e-3 is used. CBoW combines the 2P context embeddings by their
-mean (order-invariant, as word2vec's CBoW); SkipGram has one decoder per neighbour position.
+restated there, so Adam at lr 1e-3 is used. CBoW **concatenates** the 2P context embeddings in
+time order (Tagliasacchi et al. 2020, Sec. 2: "the embeddings of the past and future slices
+are concatenated" before the convolutional decoder), so the decoder input is 2P x dim and it
+can tell which neighbour is which; ``cbow_combine="mean"`` keeps the order-invariant mean
+(word2vec's CBoW) as an option. SkipGram has one decoder per neighbour position.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +52,7 @@ class Audio2VecConfig:
     channels: tuple[int, ...] = AUDIO2VEC_CHANNELS
     width: float = 1.0                 # channel multiplier (tests use narrow widths)
     embed_hop_frames: int = 48         # hop of the sliding window in embed_frames
+    cbow_combine: Literal["concat", "mean"] = "concat"   # CBoW: paper concatenates (2P x dim)
 
     def __post_init__(self):
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
@@ -60,6 +64,8 @@ class Audio2VecConfig:
               "must be a non-empty list of positive channel counts")
         check(self.width > 0, "width", self.width, "must be positive")
         check(self.embed_hop_frames >= 1, "embed_hop_frames", self.embed_hop_frames, "must be >= 1")
+        check(self.cbow_combine in ("concat", "mean"), "cbow_combine", self.cbow_combine,
+              "must be concat (paper) or mean")
 
 
 def sample_slices(cfg: Audio2VecConfig, clips: Sequence[Clip], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -89,11 +95,15 @@ class _Audio2Vec(Method):
         self.frontend = Frontend(cfg.frontend)
         self.encoder = ConvEncoder2d(cfg.dim, cfg.channels, cfg.width)
         shape = (cfg.slice_frames, cfg.frontend.n_features)
-        self.decoders = nn.ModuleList(ConvDecoder2d(shape, cfg.dim, cfg.channels, cfg.width)
+        self.decoders = nn.ModuleList(ConvDecoder2d(shape, self._decoder_in(), cfg.channels, cfg.width)
                                       for _ in range(self._n_decoders()))
 
     def _n_decoders(self) -> int:
         raise NotImplementedError
+
+    def _decoder_in(self) -> int:
+        """Size of the decoder's input vector."""
+        return self.cfg.dim
 
     sample_views = staticmethod(sample_slices)
 
@@ -108,19 +118,26 @@ class _Audio2Vec(Method):
 
 
 class Audio2VecCBoW(_Audio2Vec):
-    """Context slices -> mean embedding -> decoder -> middle slice; MSE."""
+    """Context slices -> 2P embeddings concatenated in time order (2P x dim; ``cbow_combine
+    = "mean"``: their mean) -> decoder -> middle slice; MSE."""
 
     name = "audio2vec-cbow"
 
     def _n_decoders(self) -> int:
         return 1
 
-    def loss(self, batch: dict[str, Tensor], dist: Dist = Dist()) -> tuple[Tensor, dict[str, float]]:
-        ctx, target = batch["context"], batch["target"]
+    def _decoder_in(self) -> int:
+        return self.cfg.dim * (2 * self.cfg.context if self.cfg.cbow_combine == "concat" else 1)
+
+    def predict(self, ctx: Tensor) -> Tensor:
+        """Context ``[B, 2P, T, F]`` -> predicted middle slice ``[B, T, F]``."""
         b, n_ctx, t, f = ctx.shape
-        z = self.encoder(ctx.reshape(b * n_ctx, t, f)).view(b, n_ctx, -1).mean(dim=1)  # [B, D]
-        loss = masked_mse(self.decoders[0](z), target)
-        return loss, {}
+        z = self.encoder(ctx.reshape(b * n_ctx, t, f)).view(b, n_ctx, -1)  # [B, 2P, D]
+        z = z.reshape(b, -1) if self.cfg.cbow_combine == "concat" else z.mean(dim=1)  # [B, 2PD]
+        return self.decoders[0](z)
+
+    def loss(self, batch: dict[str, Tensor], dist: Dist = Dist()) -> tuple[Tensor, dict[str, float]]:
+        return masked_mse(self.predict(batch["context"]), batch["target"]), {}
 
 
 class Audio2VecSkipGram(_Audio2Vec):

@@ -7,7 +7,9 @@ n-grams (with word-boundary markers); training ranks the right word above a wron
 
 * audio side: tympan's :class:`~tympan.methods.encoders.ConvEncoder2d` on a log-mel crop;
 * word side: letter n-grams n = 1..3 of ``"#" + word + "#"`` (spaces are boundaries too),
-  hashed (CRC-32) into ``vocab_size`` count buckets, then an MLP;
+  hashed (CRC-32) into ``vocab_size`` count buckets, then a ``word_layers``-layer MLP (3 linear
+  layers, ReLU between, as Bengio & Heigold 2014's letter-n-gram network; ``word_layers=2`` is
+  tympan's earlier one-hidden-layer MLP);
 * wrong words: the sampler draws one per clip from another clip of the local batch with a
   different transcript (Bengio & Heigold's one wrong word per example); with
   ``batch_negatives`` every differently-spelled word of the **global** batch (gathered from
@@ -96,6 +98,7 @@ class AudioTextConfig:
     vocab_size: int = 16384           # hash buckets for letter n-grams
     ngram_max: int = 3                # Bengio & Heigold: letter n-grams up to 3
     word_hidden: int = 256
+    word_layers: int = 3              # Bengio & Heigold: 3-layer MLP over letter n-grams
     margin: float = 0.5               # on cosine scores (unverified)
     batch_negatives: bool = True
     embed_hop_s: float = 0.25
@@ -108,6 +111,7 @@ class AudioTextConfig:
         check(self.vocab_size >= 16, "vocab_size", self.vocab_size, "must be >= 16")
         check(self.ngram_max >= 1, "ngram_max", self.ngram_max, "must be >= 1")
         check(self.word_hidden > 0, "word_hidden", self.word_hidden, "must be positive")
+        check(self.word_layers >= 1, "word_layers", self.word_layers, "must be >= 1")
         check(self.margin > 0, "margin", self.margin, "must be positive")
         check(self.embed_hop_s > 0, "embed_hop_s", self.embed_hop_s, "must be positive")
         check(self.batch_size >= 2, "batch_size", self.batch_size, "must be >= 2 (wrong words)")
@@ -158,9 +162,11 @@ class AudioText(Method):
         cfg = self.cfg
         self.frontend = Frontend(cfg.frontend)
         self.audio_encoder = ConvEncoder2d(dim=cfg.embed_dim, width=cfg.width)
-        self.word_encoder = nn.Sequential(
-            nn.Linear(cfg.vocab_size, cfg.word_hidden), nn.ReLU(inplace=True),
-            nn.Linear(cfg.word_hidden, cfg.embed_dim))
+        sizes = [cfg.vocab_size] + [cfg.word_hidden] * (cfg.word_layers - 1) + [cfg.embed_dim]
+        layers: list[nn.Module] = []
+        for k, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers += [nn.Linear(d_in, d_out)] + ([nn.ReLU(inplace=True)] if k < len(sizes) - 2 else [])
+        self.word_encoder = nn.Sequential(*layers)
 
     @property
     def embedding_dim(self) -> int:

@@ -9,9 +9,24 @@ tanh (g). Scores are bilinear (W initialised N(0, 0.05^2) as the released code),
 s(x, x') = g(f(x))^T W g(f(x')) (the paper's choice; cosine with temperature 0.2 is the
 option it compares against), and the loss is softmax cross-entropy over the scores against
 the positives of the **global** batch (negatives gathered from every worker with gradients:
-``losses.bilinear_contrastive``). The released code adds Gaussian noise with sigma 0.001 to
-the positive segment; we add it to the waveform before the front end. The evaluation
-embedding is the encoder output f(x) (1280-d), as in the paper's linear evaluation.
+``losses.bilinear_contrastive``). The evaluation embedding is the encoder output f(x)
+(1280-d), as in the paper's linear evaluation.
+
+Positive noise (google-research/cola ``data.py``): the released code L2-normalises the whole
+clip (``tf.math.l2_normalize``) and adds Gaussian noise with sigma ``noise_std`` = 0.001 to
+the positive segment: on a 10 s clip at 16 kHz (160,000 samples) the signal's mean power is
+1 / 160,000, so SNR = 10 log10(1 / (160,000 x 1e-6)) = 8.0 dB, a real augmentation. With
+``noise_scale: clip_norm`` (the released code's SNR; not yet the default: the learning test
+has not been re-measured with it) we add noise of sigma ``noise_std x ||clip||_2`` to the
+raw waveform: the same SNR as the released code, while the features keep the waveform's own
+scale (the model is evaluated on un-normalised audio, so we do not normalise its input).
+``noise_scale: raw`` (default for now) adds sigma ``noise_std`` to the raw waveform (~40 dB
+SNR on typical audio: almost no augmentation; tympan's behaviour before issue 15).
+
+Released-code front end: 98-frame crops (1 s = 16,000 samples of 25 ms / 10 ms frames) and
+FFT 1024 (``fft_length=1024``): ``crop_frames=98, frontend.n_fft=1024`` (:data:`RELEASED`;
+with tympan's centred frames, 98 frames span 15,520 samples). The defaults (96 frames, FFT
+512) are the paper's / ANCHORS §1 front end shared with the other slice methods.
 
 Batch contract, float32:
     {"anchor": [B, T, F], "positive": [B, T, F]}    # T = crop_frames (96), F = 64
@@ -46,6 +61,7 @@ class COLAConfig:
     batch_size: int = 64
     crop_frames: int = 96              # ~0.96 s per segment
     noise_std: float = 0.001           # Gaussian noise on the positive's waveform (COLA code)
+    noise_scale: Literal["clip_norm", "raw"] = "raw"   # clip_norm: sigma x ||clip|| = released SNR
     similarity: Literal["bilinear", "cosine"] = "bilinear"
     temperature: float = 0.2           # cosine only
     projection_dim: int = 512
@@ -58,22 +74,36 @@ class COLAConfig:
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         check(self.crop_frames >= 8, "crop_frames", self.crop_frames, "must be >= 8")
         check(self.noise_std >= 0, "noise_std", self.noise_std, "must be >= 0")
+        check(self.noise_scale in ("clip_norm", "raw"), "noise_scale", self.noise_scale,
+              "must be clip_norm (released code's SNR) or raw")
         check(self.temperature > 0, "temperature", self.temperature, "must be positive")
         check(self.width > 0, "width", self.width, "must be positive")
         check(self.depth > 0, "depth", self.depth, "must be positive")
 
 
-def sample_crops(cfg: COLAConfig, clips: Sequence[Clip], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Two independent random crops per clip; noise on the positive (contract above)."""
-    fe = cfg.frontend
-    n = fe.n_samples(cfg.crop_frames)
+# The released code's front end and crop length (module doc); pass as COLAConfig(**RELEASED).
+RELEASED = {"crop_frames": 98, "frontend": FrontendConfig(n_fft=1024)}
+
+
+def crop_waves(cfg: COLAConfig, clips: Sequence[Clip], rng: np.random.Generator) -> np.ndarray:
+    """``[B, 2, n]`` waveforms: two independent random crops per clip (anchor, positive), the
+    positive with Gaussian noise of sigma ``noise_std`` (x ``||clip||_2`` for ``clip_norm``)."""
+    n = cfg.frontend.n_samples(cfg.crop_frames)
     waves = np.empty((len(clips), 2, n), dtype=np.float32)
     for i, clip in enumerate(clips):
         for k in range(2):
             waves[i, k] = crop(clip.audio, random_start(rng, len(clip.audio), n), n)
     if cfg.noise_std > 0:
-        waves[:, 1] += rng.normal(0.0, cfg.noise_std, size=waves[:, 1].shape).astype(np.float32)
-    feats = logmel(fe, waves)                                        # [B, 2, T, F]
+        sigma = np.full((len(clips), 1), cfg.noise_std)
+        if cfg.noise_scale == "clip_norm":
+            sigma *= np.array([[np.linalg.norm(np.asarray(c.audio, dtype=np.float64))] for c in clips])
+        waves[:, 1] += (rng.normal(0.0, 1.0, size=waves[:, 1].shape) * sigma).astype(np.float32)
+    return waves
+
+
+def sample_crops(cfg: COLAConfig, clips: Sequence[Clip], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Two independent random crops per clip; noise on the positive (contract above)."""
+    feats = logmel(cfg.frontend, crop_waves(cfg, clips, rng))      # [B, 2, T, F]
     return {"anchor": np.ascontiguousarray(feats[:, 0]),
             "positive": np.ascontiguousarray(feats[:, 1])}
 

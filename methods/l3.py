@@ -13,6 +13,17 @@ pair the audio with a frame of another video.
   brightness +- 32/255 (saturation and brightness in random order);
 * ``audio_input`` selects the design-study input (linear / mel128 / mel256, 1 s, hop 5 ms; see
   :data:`tympan.datasets.frontend.PRESETS`); Cramer et al. found mel256 best, so it is the default.
+  Known departure (issue 15, not yet fixed): the presets keep L3's / OpenL3's window in
+  samples (512 / 2048) at 16 kHz, i.e. 32 ms / 128 ms instead of the papers' 10.7 ms / 42.7 ms.
+* evaluation embedding (``embed_pool``): ``grid`` (the paper's; default ``global`` until the
+  learning test is re-measured with it) max-pools the audio tower's last
+  conv block to a ``embed_grid`` = 3 (time) x 4 (frequency) grid and flattens it: 512 x 12 =
+  6144-d, OpenL3's "original" pooling (Cramer et al. 2019; marl/openl3, whose last pool turns
+  the 1-s mel256 map of 24 x 32 into 3 x 4), the embedding behind the published downstream
+  figures. ``global`` is the global max-pool (512-d) the fusion layer sees in training.
+* weight decay (marl/l3embedding: ``kernel_regularizer=l2(1e-5)`` on every conv kernel):
+  ``conv_l2`` x the sum of the squared conv kernels is added to the loss (l3embedding's value
+  1e-5; default 0 until the learning test is re-measured with it).
 
 Batch (B = len(clips) >= 2)::
 
@@ -88,6 +99,9 @@ class L3Config:
     saturation: float = 0.5             # saturation factor U(1 - s, 1 + s) (l3embedding)
     brightness: float = 32.0 / 255.0    # additive delta U(-b, b) on [0, 1] images (l3embedding)
     embed_hop_s: float = 0.1            # OpenL3's default hop for timestamp embeddings
+    embed_pool: Literal["grid", "global"] = "global"   # "grid" = OpenL3 "original" (paper)
+    embed_grid: tuple[int, int] = (3, 4)             # (time, frequency) cells: 512 x 12 = 6144
+    conv_l2: float = 0.0                # l3embedding: 1e-5 on conv kernels, added to the loss
     batch_size: int = 64                # l3embedding
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))   # l3embedding Adam
 
@@ -105,6 +119,11 @@ class L3Config:
         check(0 <= self.saturation < 1, "saturation", self.saturation, "must be in [0, 1)")
         check(0 <= self.brightness <= 1, "brightness", self.brightness, "must be in [0, 1]")
         check(self.embed_hop_s > 0, "embed_hop_s", self.embed_hop_s, "must be positive")
+        check(self.embed_pool in ("grid", "global"), "embed_pool", self.embed_pool,
+              "must be grid (OpenL3 original) or global")
+        check(len(self.embed_grid) == 2 and min(self.embed_grid) >= 1, "embed_grid",
+              self.embed_grid, "must be two positive cell counts (time, frequency)")
+        check(self.conv_l2 >= 0, "conv_l2", self.conv_l2, "must be >= 0")
         check(self.batch_size >= 2, "batch_size", self.batch_size,
               "must be >= 2 (mismatched frames come from other clips of the batch)")
         # The tower pools 2x2 three times: the spectrogram needs >= 8 frames.
@@ -182,7 +201,8 @@ def sample_l3_views(cfg: L3Config, clips: Sequence[Clip], rng: np.random.Generat
 
 # ---- model -------------------------------------------------------------------------------------
 def l3_tower(in_channels: int, width: float) -> nn.Sequential:
-    """L3's conv tower: ``[B, C, H, W]`` -> ``[B, 512 * width]`` (global max pool)."""
+    """L3's conv tower: ``[B, C, H, W]`` -> ``[B, 512 * width]`` (global max pool). ``tower[:-2]``
+    is the conv stack alone (its last block's map, before the pool)."""
     layers: list[nn.Module] = []
     c_in = in_channels
     for block, c in enumerate((64, 128, 256, 512)):
@@ -209,17 +229,32 @@ class L3(Method):
         self.audio_norm = nn.BatchNorm2d(1)
         self.audio_tower = l3_tower(1, cfg.width)
         self.vision_tower = l3_tower(3, cfg.width)
-        d = self.embedding_dim
+        d = self.tower_dim
         self.fusion = nn.Sequential(nn.Linear(2 * d, cfg.fusion_dim), nn.ReLU(inplace=True),
                                     nn.Linear(cfg.fusion_dim, 2))
 
     @property
-    def embedding_dim(self) -> int:
+    def tower_dim(self) -> int:
+        """Channels of the towers' last block (512 at width 1): what the fusion layer sees."""
         return max(1, int(round(512 * self.cfg.width)))
 
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the evaluation embedding: tower_dim x grid cells (``grid``) or tower_dim."""
+        t, f = self.cfg.embed_grid
+        return self.tower_dim * (t * f if self.cfg.embed_pool == "grid" else 1)
+
     def encode_audio(self, spec: Tensor) -> Tensor:
-        """``[B, T, F]`` log spectrogram -> ``[B, D]``."""
+        """``[B, T, F]`` log spectrogram -> ``[B, tower_dim]`` (global max pool, as in training)."""
         return self.audio_tower(self.audio_norm(spec.unsqueeze(1)))
+
+    def embed_audio(self, spec: Tensor) -> Tensor:
+        """``[B, T, F]`` -> the evaluation embedding ``[B, embedding_dim]``: the last block's map
+        max-pooled to ``embed_grid`` and flattened channel-major (``grid``), or ``encode_audio``."""
+        if self.cfg.embed_pool == "global":
+            return self.encode_audio(spec)
+        fmap = self.audio_tower[:-2](self.audio_norm(spec.unsqueeze(1)))   # [B, C, T', F']
+        return F.adaptive_max_pool2d(fmap, self.cfg.embed_grid).flatten(1)
 
     def logits(self, audio: Tensor, frame: Tensor) -> Tensor:
         """``[B, T, F]`` + ``[B, 3, S, S]`` -> correspondence logits ``[B, 2]``."""
@@ -230,17 +265,20 @@ class L3(Method):
         target = batch["match"].long()
         loss = F.cross_entropy(logits, target)
         acc = (logits.argmax(1) == target).float().mean()
+        if self.cfg.conv_l2 > 0:
+            loss = loss + self.cfg.conv_l2 * sum((m.weight ** 2).sum() for m in self.modules()
+                                                 if isinstance(m, nn.Conv2d))
         return loss, {"accuracy": float(acc.detach())}
 
     @torch.no_grad()
     def embed_frames(self, wave: Tensor, chunk: int = 64) -> tuple[Tensor, Tensor]:
-        """``[B, n]`` -> (``[B, W, D]`` audio-tower embeddings of crop_s windows every
-        embed_hop_s, centre times ms ``[B, W]``); windows run in chunks to bound memory."""
+        """``[B, n]`` -> (``[B, W, D]`` evaluation embeddings (``embed_audio``) of crop_s windows
+        every embed_hop_s, centre times ms ``[B, W]``); windows run in chunks to bound memory."""
         win = self.cfg.crop_samples
         hop = max(1, int(round(self.cfg.embed_hop_s * self.cfg.frontend.sample_rate)))
         windows, times = sliding_windows(wave.float(), win, hop, self.cfg.frontend.sample_rate)
         b, w = windows.shape[:2]
         flat = windows.reshape(b * w, win)
-        out = torch.cat([self.encode_audio(self.frontend(flat[i:i + chunk]))
+        out = torch.cat([self.embed_audio(self.frontend(flat[i:i + chunk]))
                          for i in range(0, b * w, chunk)])
         return out.reshape(b, w, -1), times.expand(b, w)

@@ -8,7 +8,11 @@ concatenated and a small head predicts the absolute gap between the slice starts
 normalised by the largest possible gap to [0, 1]. ANCHORS §2: the paper found a
 cross-entropy formulation better than plain regression, so ``target="bins"`` (default)
 classifies the gap into ``n_bins`` equal bins with softmax cross-entropy;
-``target="regression"`` regresses the normalised gap with MSE on a sigmoid output.
+``target="regression"`` regresses the normalised gap with MSE on a sigmoid output;
+``target="soft"`` is a soft-label cross-entropy against the continuous normalised gap (one
+sigmoid output, binary cross-entropy with the gap in [0, 1] as the target probability): a
+cross-entropy without binning. The paper names a cross-entropy loss but not its target; bins
+stay the default, "soft" is the other reading (offered, not measured in the learning test).
 
 Batch contract, float32:
     {"first":  [B, T, F], "second": [B, T, F],   # two slices of one clip, random order
@@ -47,7 +51,7 @@ class TemporalGapConfig:
     batch_size: int = 256
     slice_frames: int = 96
     clip_s: float = 10.0               # paper: slices from 10-s clips; sets the largest gap
-    target: Literal["bins", "regression"] = "bins"
+    target: Literal["bins", "regression", "soft"] = "bins"
     n_bins: int = 10
     dim: int = 128
     hidden: int = 128                  # head: concat(2 x dim) -> hidden -> bins / 1
@@ -62,6 +66,8 @@ class TemporalGapConfig:
         check(self.clip_s > slice_s, "clip_s", self.clip_s,
               f"must be longer than one slice ({slice_s:.3f} s) so that a gap exists")
         check(self.n_bins >= 2, "n_bins", self.n_bins, "must be >= 2")
+        check(self.target in ("bins", "regression", "soft"), "target", self.target,
+              "must be bins, regression or soft")
         for key in ("dim", "hidden", "embed_hop_frames"):
             check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         check(self.width > 0, "width", self.width, "must be positive")
@@ -125,8 +131,12 @@ class TemporalGap(Method):
             loss = F.cross_entropy(out, target)
             acc = (out.argmax(dim=1) == target).float().mean()
             return loss, {"gap_accuracy": float(acc.detach())}
-        pred = torch.sigmoid(out.squeeze(1))
-        return F.mse_loss(pred, gap), {"gap_mae": float((pred.detach() - gap).abs().mean())}
+        logit = out.squeeze(1)
+        pred = torch.sigmoid(logit)
+        mae = {"gap_mae": float((pred.detach() - gap).abs().mean())}
+        if self.cfg.target == "soft":
+            return F.binary_cross_entropy_with_logits(logit, gap.to(logit.dtype)), mae
+        return F.mse_loss(pred, gap), mae
 
     @property
     def embedding_dim(self) -> int:

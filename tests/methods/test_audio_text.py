@@ -116,3 +116,7 @@ def test_audio_text_full_size_shapes():
     assert loss.shape == () and "rank_accuracy" in metrics
     assert model.embed_clip(torch.zeros(2, 16000)).shape == (2, 128)
     assert model.embed_word("yes").shape == (128,)
+    # Bengio & Heigold's word side: 3 linear layers over the letter n-gram counts
+    linears = [m for m in model.word_encoder if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16384, 256), (256, 256), (256, 128)]
+    assert isinstance(model.word_encoder[-1], torch.nn.Linear)

@@ -74,7 +74,7 @@ def test_l3_errors_and_short_clips():
 
 def test_l3_loss_matches_reference():
     torch.manual_seed(0)
-    model = L3(L3Config(**L3_SMALL)).eval()
+    model = L3(L3Config(**L3_SMALL, conv_l2=0.0)).eval()        # the cross-entropy alone
     batch = model.to_tensors(L3.sample_views(L3Config(**L3_SMALL), synthetic_clips(
         6, with_frames=True, duration_s=1.0, frame_size=32), np.random.default_rng(0)))
     with torch.no_grad():
@@ -111,7 +111,7 @@ def test_l3_learns_correspondence(tmp_path):
 
 
 def test_l3_full_size_shapes():
-    cfg = L3Config()                                  # paper sizes: 1 s mel256, 224 x 224
+    cfg = L3Config(embed_pool="grid")                 # paper sizes: 1 s mel256, 224 x 224
     model = L3(cfg).eval()
     batch = L3.sample_views(cfg, synthetic_clips(2, with_frames=True, duration_s=1.5),
                             np.random.default_rng(0))
@@ -119,5 +119,30 @@ def test_l3_full_size_shapes():
     with torch.no_grad():
         assert model.logits(*[torch.from_numpy(batch[k]) for k in ("audio", "frame")]).shape == (2, 2)
         emb, times = model.embed_frames(torch.zeros(1, 16000 + 1600))
-    assert emb.shape == (1, 2, 512) and times[0].tolist() == [500.0, 600.0]
-    assert cfg.optim.lr == 1e-5 and build_method("l3").embedding_dim == 512
+    # OpenL3 "original" pooling: the last block's 512-channel map max-pooled to 3 x 4 = 6144-d
+    assert emb.shape == (1, 2, 6144) and times[0].tolist() == [500.0, 600.0]
+    assert cfg.optim.lr == 1e-5 and model.embedding_dim == 6144
+    assert build_method("l3").embedding_dim == 512            # default: global max (for now)
+    glob = L3(L3Config(embed_pool="global")).eval()
+    glob.load_state_dict(model.state_dict())          # same weights: pooling only differs
+    with torch.no_grad():
+        g, _ = glob.embed_frames(torch.zeros(1, 16000))
+        spec = model.frontend(torch.randn(1, 16000))
+        grid, flat = model.embed_audio(spec), glob.embed_audio(spec)
+    assert g.shape == (1, 1, 512) and glob.embedding_dim == 512
+    # the global max is the max over the grid cells of each channel
+    assert torch.allclose(grid.view(1, 512, 12).amax(-1), flat)
+
+
+def test_l3_conv_weight_decay_is_in_the_loss():
+    """l3embedding's L2 1e-5 on conv kernels: the loss is the cross-entropy + 1e-5 x sum w^2."""
+    torch.manual_seed(0)
+    model = L3(L3Config(**L3_SMALL, conv_l2=1e-5)).eval()
+    plain = L3(L3Config(**L3_SMALL, conv_l2=0.0)).eval()
+    plain.load_state_dict(model.state_dict())
+    batch = model.to_tensors(L3.sample_views(L3Config(**L3_SMALL), synthetic_clips(
+        4, with_frames=True, duration_s=1.0, frame_size=32), np.random.default_rng(0)))
+    with torch.no_grad():
+        l2 = sum(float((m.weight ** 2).sum()) for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert math.isclose(float(model.loss(batch)[0]) - float(plain.loss(batch)[0]), 1e-5 * l2,
+                            rel_tol=1e-3)

@@ -199,3 +199,71 @@ def test_triplet_augmentations_change_only_the_positive(data):
     aug = sample(aug_cfg, clips, np.random.default_rng(3))
     assert np.array_equal(plain["anchor"], aug["anchor"])
     assert not np.allclose(plain["positive"], aug["positive"])
+
+
+def test_cola_positive_noise_snr_as_released_code():
+    """google-research/cola L2-normalises the clip, then adds sigma 0.001 noise: ~8.0 dB SNR on
+    a 10 s clip at 16 kHz. ``clip_norm`` scales the noise by the clip's norm to the same SNR;
+    ``raw`` (sigma 0.001 on the waveform) is tens of dB quieter."""
+    from tympan.methods.cola import COLAConfig, crop_waves
+    clip = synthetic_clips(1, duration_s=10.0, seed=3)[0]
+    clip_power = float(np.mean(np.asarray(clip.audio, dtype=np.float64) ** 2))
+    snr = {}
+    for scale in ("clip_norm", "raw"):
+        cfg = COLAConfig(noise_scale=scale, batch_size=1)
+        clean = crop_waves(dataclasses.replace(cfg, noise_std=0.0), [clip] * 64, np.random.default_rng(0))
+        noisy = crop_waves(cfg, [clip] * 64, np.random.default_rng(0))
+        assert np.array_equal(clean[:, 0], noisy[:, 0])            # the anchor stays clean
+        noise = (noisy[:, 1] - clean[:, 1]).astype(np.float64)
+        snr[scale] = 10 * np.log10(clip_power / np.mean(noise ** 2))
+    expected = 10 * np.log10(1 / (160_000 * 0.001 ** 2))             # 7.96 dB
+    assert abs(snr["clip_norm"] - expected) < 0.2, snr
+    assert snr["raw"] > snr["clip_norm"] + 15, snr
+
+
+def test_cola_released_front_end_option():
+    """``RELEASED``: 98-frame crops and FFT 1024 (the released code's front end)."""
+    from tympan.methods.cola import RELEASED, COLA
+    cfg = dataclasses.replace(small_cfg("cola", batch_size=2), **RELEASED)
+    assert cfg.frontend.n_fft == 1024 and cfg.frontend.n_mels == 64
+    model = COLA(cfg)
+    batch = model.sample_views(cfg, synthetic_clips(2, duration_s=2.0), np.random.default_rng(0))
+    assert batch["anchor"].shape == batch["positive"].shape == (2, 98, 64)
+    loss, _ = model.loss(model.to_tensors(batch))
+    assert torch.isfinite(loss)
+
+
+def test_cbow_decoder_sees_the_concatenated_context():
+    """Tagliasacchi et al. 2020: the 2P context embeddings are concatenated (in time order)
+    before the decoder: its input is 2P x dim (2 x 2 x 128 = 512 at the paper's size), so
+    swapping two context slices changes the prediction; ``cbow_combine=mean`` is 128-d and
+    order-blind."""
+    model = build_method("audio2vec-cbow")
+    assert model.decoders[0].proj.in_features == 2 * model.cfg.context * model.cfg.dim == 512
+    small = small_cfg("audio2vec-cbow", batch_size=2)
+    batch = get_method("audio2vec-cbow").sample_views(small, synthetic_clips(2, duration_s=2.0),
+                                                      np.random.default_rng(0))
+    swapped = dict(batch, context=batch["context"][:, [1, 0, 2, 3]].copy())
+    for combine, order_matters in (("concat", True), ("mean", False)):
+        torch.manual_seed(0)
+        m = get_method("audio2vec-cbow")(dataclasses.replace(small, cbow_combine=combine)).train()  # BN on batch stats: a narrow net at init in eval is constant
+        with torch.no_grad():
+            a = m.predict(m.to_tensors(batch)["context"])
+            b = m.predict(m.to_tensors(swapped)["context"])
+        assert (not torch.allclose(a, b, atol=1e-4 * float(a.abs().max()))) == order_matters, combine
+    mean_cfg = dataclasses.replace(model.cfg, cbow_combine="mean")
+    assert get_method("audio2vec-cbow")(mean_cfg).decoders[0].proj.in_features == 128
+
+
+def test_temporal_gap_soft_label_cross_entropy(data):
+    """``target: soft``: binary cross-entropy of the sigmoid output against the continuous
+    gap, checked against its formula -(g log p + (1 - g) log(1 - p))."""
+    cfg = dataclasses.replace(small_cfg("temporal-gap", batch_size=8), target="soft", clip_s=4.0)
+    model = get_method("temporal-gap")(cfg).eval()
+    batch = model.to_tensors(model.sample_views(cfg, data["train"][:8], np.random.default_rng(0)))
+    with torch.no_grad():
+        loss, metrics = model.loss(batch)
+        p = torch.sigmoid(model.predict(batch["first"], batch["second"]).squeeze(1)).double()
+    g = batch["gap"].double()
+    ref = -(g * p.log() + (1 - g) * (1 - p).log()).mean()
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5) and 0 <= metrics["gap_mae"] <= 1
