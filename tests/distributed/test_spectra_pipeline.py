@@ -170,3 +170,34 @@ def test_spectra_source_refuses_audio_front_end(sensor_shards):
     with pytest.raises(ConfigError, match="slice methods"):
         build_pipeline(f"spectra:{root / 'shards'}", "l3", None, PipelineConfig(batch_size=4),
                        epochs=1)
+
+
+@pytest.mark.slow          # ~3 min each on 2 loaded cores (Ray Train start-up), like test_train.py
+@pytest.mark.parametrize("method", ["audio2vec-cbow", "temporal-gap"])
+def test_two_worker_pretrain_on_sensor_shards(sensor_shards, method, tmp_path):
+    """`tympan pretrain --preset sensor --data spectra:DIR` on 2 Ray Train workers: the run
+    completes, its summary carries the slicing counts, the checkpoint embeds third-octave
+    frames and audio (through the third-octave front end)."""
+    import torch
+
+    from tympan.cli import main
+    from tympan.methods.registry import load_method
+
+    root = sensor_shards[0]
+    out = tmp_path / "run"
+    argv = ["pretrain", "--method", method, "--data", f"spectra:{root / 'shards'}", "--preset",
+            "sensor", "--workers", "2", "--out", str(out), "steps=4", "batch_size=8",
+            "checkpoint_every=4", "log_every=2", "val_batches=0", "shuffle_buffer=0",
+            f"slice_width={WIDTH}", "width=0.125", "dim=16"]
+    if method == "temporal-gap":
+        argv += ["clip_s=5.0", "hidden=16"]
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["steps"] == 4 and s["workers"] == 2 and s["bad_clips"] == 0
+    assert np.isfinite(s["loss_first"]) and np.isfinite(s["loss_last"])
+    assert s["slices"]["slices"] >= 8 and s["slices"]["rejected"] > 0
+    model = load_method(s["checkpoint"])
+    assert model.cfg.frontend.kind == "third-octave" and model.cfg.slice_frames == 8
+    with torch.no_grad():
+        emb = model.embed_clip(torch.zeros(1, 32000) + 0.01)      # audio -> 29 bands -> encoder
+    assert emb.shape == (1, 16) and torch.isfinite(emb).all()
