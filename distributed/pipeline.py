@@ -26,6 +26,13 @@ Determinism: unit ``k`` (epoch ``k // units_per_epoch``) is a pure function of (
 k); its clips are sampled with ``default_rng([seed, k, ...])``; blocks come out in unit order
 (``preserve_order``) and the shuffle buffer is seeded. Same seed -> same batches at one worker.
 
+Sensor spectra (``spectra:DIR``): a unit is a shard of sensor records; each record is cut into
+slices of ``slice_width`` frames under ``gap_policy`` (:mod:`tympan.datasets.slices`: reject /
+split / fill, never a slice across a discontinuity), the method's sampler draws its views
+inside each slice (:func:`tympan.methods.base.spectral_views`), every batch gains
+``frame_times`` [B, slice_width] (epoch s), and the unit's slicing counts go to the ledger
+(:meth:`Pipeline.slice_stats`).
+
 Front end placement (``PipelineConfig.frontend``): ``"cpu"`` ships features; ``"device"``
 ships the waveform crops the features are made of (same keys, ``[..., n]`` instead of
 ``[..., T, F]``) and :attr:`Pipeline.device_frontend` (a torch module, move it to the
