@@ -201,3 +201,13 @@ def test_two_worker_pretrain_on_sensor_shards(sensor_shards, method, tmp_path):
     with torch.no_grad():
         emb = model.embed_clip(torch.zeros(1, 32000) + 0.01)      # audio -> 29 bands -> encoder
     assert emb.shape == (1, 16) and torch.isfinite(emb).all()
+
+
+def test_bench_measures_the_ingest_against_pyarrow(tmp_path):
+    """`tympan bench data`'s sensor section: both readers see every frame of the same files."""
+    from tympan.distributed.bench import spectra_ingest_bench
+
+    r = spectra_ingest_bench(tmp_path / "csv", sensors=2, frames=3000)
+    assert r["frames"] == r["plain_rows"] == 6000 and r["files"] == 2
+    assert r["ingest_frames_per_s"] > 0 and r["pyarrow_frames_per_s"] > 0
+    assert r["ingest_over_pyarrow"] == pytest.approx(r["ingest_frames_per_s"] / r["pyarrow_frames_per_s"])
