@@ -8,6 +8,11 @@ ingest``) and every model of the table
     log-mel       log-mel mean/std statistics (no network)
     supervised    the same architecture trained on the task's training split (upper bound)
 
+A spectral task (rows of meta kind "spectra": windows of sensor frames, e.g. the offline
+build's ``sensor_sources``) has no audio: it is scored by
+:func:`tympan.distributed.sensor_eval.evaluate_spectral_task` with pretrained, random-init and
+``third-octave-stats`` (each band's mean/std, in place of log-mel), no supervised model.
+
 clip embeddings are computed with the batch-inference plan of :mod:`tympan.distributed.embed`
 (Ray Data actor pool, or the same code in-process with ``backend="local"``), standardised, and
 a linear probe is fit (:mod:`tympan.methods.probe`): regularisation chosen on the validation
@@ -45,7 +50,7 @@ from tympan.distributed.embed import (Source, decode_unit, hear_rows, hear_task_
 __all__ = ["Checkpoint", "EvalConfig", "EvaluateError", "Task", "discover_tasks", "evaluate",
            "evaluate_task", "format_table", "load_checkpoint", "write_results"]
 
-MODELS = ("pretrained", "random-init", "log-mel", "supervised")
+MODELS = ("pretrained", "random-init", "log-mel", "third-octave-stats", "supervised")
 _FOLD = re.compile(r"^fold\d+$")
 
 
@@ -354,6 +359,8 @@ def evaluate(checkpoint: str, tasks: Sequence[str], out: str | os.PathLike = "ru
              cfg: EvalConfig = EvalConfig(), *, tracking_uri: str | None = None, mlflow_run: bool = True,
              log: Callable = print, checkpoint_obj: Checkpoint | None = None) -> list[dict[str, Any]]:
     """``tympan evaluate``: every task x model -> rows; writes results.* and one MLflow run."""
+    from tympan.distributed.sensor_eval import evaluate_spectral_task, is_spectral
+
     t0 = time.perf_counter()
     ck = checkpoint_obj or load_checkpoint(checkpoint)
     task_list = discover_tasks(tasks, cfg.max_clips_per_split)
@@ -362,7 +369,10 @@ def evaluate(checkpoint: str, tasks: Sequence[str], out: str | os.PathLike = "ru
         f"seeds {list(cfg.seeds)}, models {list(cfg.models)}, backend {cfg.backend}")
     rows, infos = [], []
     for task in task_list:
-        r, info = evaluate_task(task, ck, cfg, log)
+        if is_spectral(task.rows):     # windows of sensor frames, not audio (issue 12)
+            r, info = evaluate_spectral_task(task, ck, cfg, log)
+        else:
+            r, info = evaluate_task(task, ck, cfg, log)
         rows += r
         infos.append(info)
     header = (f"# tympan evaluate\n\ncheckpoint `{ck.path}` (method `{ck.payload['method']}`), "

@@ -108,3 +108,57 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines += [f"| {r['task']} | {r['model']} | {r['mean']:.3f} ± {r['std']:.3f} | {r['n_test']} |"
               for r in rows]
     return "\n".join(lines)
+
+
+# ---- inside `tympan evaluate` ------------------------------------------------------------------
+
+def is_spectral(rows: Sequence[Mapping[str, Any]]) -> bool:
+    m = rows[0].get("meta") if rows else None
+    m = json.loads(m) if isinstance(m, str) else (m or {})
+    return m.get("kind") == "spectra"
+
+
+def evaluate_spectral_task(task, ck, cfg, log=print) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``tympan evaluate`` on a spectral task (a :class:`tympan.distributed.evaluate.Task` whose
+    rows are windows of sensor frames): the checkpoint, random init per seed and third-octave
+    statistics (in place of the log-mel baseline: there is no audio), rows in evaluate's format.
+    The supervised model needs waveforms and is left out on spectral tasks."""
+    import time
+
+    from tympan.datasets.offline.sensors import window_levels
+    from tympan.distributed.evaluate import _chance, _labels, _probe_scores
+    from tympan.methods.base import config_from_dict
+    from tympan.methods.baselines import random_init
+    from tympan.methods.registry import get_method, load_method
+
+    t0 = time.perf_counter()
+    method = ck.payload["method"]
+    method_cfg = config_from_dict(get_method(method).config_cls, ck.payload["config"])
+    rows = sorted(task.rows, key=lambda r: r["clip_id"])
+    lv = window_levels(rows)
+    y, split = _labels(task, rows), np.array([r["split"] for r in rows])
+    feats: dict[str, Any] = {}
+    if "pretrained" in cfg.models:
+        feats["pretrained"] = embed_levels(load_method(ck.payload), lv)
+    if "random-init" in cfg.models:
+        for s in cfg.seeds:
+            feats[f"random-init/{s}"] = embed_levels(random_init(method, method_cfg, 1000 + s), lv)
+    if "log-mel" in cfg.models or "third-octave-stats" in cfg.models:
+        feats["third-octave-stats"] = third_octave_stats(lv)
+    scores: dict[str, list[float]] = {}
+    for name, x in feats.items():
+        for s in cfg.seeds:
+            if name.startswith("random-init/") and name != f"random-init/{s}":
+                continue
+            scores.setdefault(name.split("/")[0], []).append(_probe_scores(task, x, y, split, s)["test"])
+    mask = split == "test"
+    chance = _chance(task, [y[i] for i in np.flatnonzero(mask)])
+    out = [{"task": task.name, "model": m, "metric": "accuracy", "mean": float(np.mean(v)),
+            "std": float(np.std(v)), "n_test": int(mask.sum()), "n_seeds": len(v),
+            "protocol": "splits", "chance": round(chance, 4), "scores": [round(x, 4) for x in v]}
+           for m, v in scores.items()]
+    info = {"task": task.name, "clips": len(rows), "bad_clips": 0, "bad": [], "kind": "spectra",
+            "ignored_splits": task.ignored, "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"  {task.name} ({info['seconds']} s, {len(rows)} windows of frames): "
+        + "  ".join(f"{r['model']} {r['mean']:.3f}" for r in out))
+    return out, info
