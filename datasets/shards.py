@@ -13,7 +13,7 @@ Sensor spectra (a record is one sensor's continuous runs of one UTC day, not aud
     {key}.levels.npy  float16 [T, 29] third-octave levels in dB (0.03-0.06 dB resolution at
                       32-128 dB: finer than the 0.1 dB sensors report), in time order
     {key}.times.npy   float64 [T] epoch seconds of each frame (gaps between runs included)
-    {key}.json        kind "spectra", sensor, t0, period_s, frames, duration_s, bands_hz,
+    {key}.json        kind "spectra", sensor, t0, period_s, n_frames, duration_s, bands_hz,
                       runs [{t0, frames, lines}], the group row's split and source
 
 This is the layout practitioners use for AudioSet (16 kHz FLAC + JSON in WebDataset tars,
@@ -146,7 +146,7 @@ def encode_spectra_record(row: Mapping[str, Any], times: np.ndarray, levels: np.
     doc["meta"] = meta
     doc.update(dict(facts or {}))
     period = float(meta["period_s"])
-    doc.update(kind="spectra", frames=int(len(times)), t0=float(times[0]), period_s=period,
+    doc.update(kind="spectra", n_frames=int(len(times)), t0=float(times[0]), period_s=period,
                n_bands=int(levels.shape[1]), duration_s=len(times) * period)
     return [(f"{key}.json", json.dumps(doc, sort_keys=True).encode()),
             (f"{key}.levels.npy", _npy(levels.astype(np.float16))),
@@ -162,7 +162,7 @@ def _decode_spectra(key: str, members: dict[str, bytes], doc: dict, where: str) 
         times = np.load(io.BytesIO(members[f"{key}.times.npy"]), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise RecordError(where, clip_id, "bad_array", str(e)) from None
-    want = int(doc.get("frames", -1))
+    want = int(doc.get("n_frames", -1))
     if levels.ndim != 2 or len(levels) != want or times.shape != (want,):
         raise RecordError(where, clip_id, "truncated", f"levels {levels.shape}, times "
                           f"{times.shape}, the JSON promises {want} frames")
