@@ -38,7 +38,10 @@ def main() -> None:
     ap.add_argument("--offline", required=True)
     ap.add_argument("--out", default="runs/sensor-study")
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--method", default="audio2vec-cbow")
+    ap.add_argument("--method", default="temporal-gap")
+    ap.add_argument("--policies", default="reject,split,fill")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="NAME=CHECKPOINT",
+                    help="more checkpoints for the table")
     a = ap.parse_args()
     off, out = Path(a.offline), Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,13 +51,14 @@ def main() -> None:
     runs = [r for r in read_manifest(str(off / "sensors" / "runs.parquet"))
             if json.loads(r["meta"])["sensor"] in train_sensors]
     write_manifest(runs, out / "train_runs.parquet")
-    run(["data", "shard", str(out / "train_runs.parquet"), "--out", str(out / "shards"),
-         "--shard-size", "1"])
+    if not (out / "shards" / "_summary.json").exists():
+        run(["data", "shard", str(out / "train_runs.parquet"), "--out", str(out / "shards"),
+             "--shard-size", "1"])
     common = ["--method", a.method, "--preset", "sensor", "--workers", "1", f"steps={a.steps}",
               "batch_size=32", f"checkpoint_every={a.steps}", "log_every=20", "val_batches=0",
               "width=0.25", "dim=64"]
     ckpts, slices = {}, {}
-    for policy in ("reject", "split", "fill"):
+    for policy in a.policies.split(","):
         d = out / f"sensor-{policy}"
         run(["pretrain", "--data", f"spectra:{out / 'shards'}", "--out", str(d), *common,
              f"gap_policy={policy}", "fill_max_frames=8"])
@@ -63,6 +67,7 @@ def main() -> None:
     d = out / "audio-third-octave"
     run(["pretrain", "--data", f"offline:{off}", "--out", str(d), *common])
     ckpts["audio-third-octave"] = json.loads((d / "summary.json").read_text())["checkpoint"]
+    ckpts.update(dict(x.split("=", 1) for x in a.extra))
 
     from tympan.distributed.sensor_eval import evaluate_sensor_task, format_table
     rows = evaluate_sensor_task(task, ckpts, seeds=(0, 1, 2))
