@@ -18,6 +18,9 @@ class Clip:
     frames: np.ndarray | None = None        # uint8 [K, H, W, 3] RGB video frames, if any
     frame_times: np.ndarray | None = None   # float64 [K], seconds from the clip start
     meta: dict[str, Any] = field(default_factory=dict)   # transcript, provenance, ...
+    # Sensor spectra: precomputed front-end frames instead of audio (``audio`` is empty).
+    features: np.ndarray | None = None      # float32 [T, F], e.g. 29 third-octave levels in dB
+    feature_times: np.ndarray | None = None  # float64 [T], epoch seconds of each frame
 
     @property
     def duration_s(self) -> float:

@@ -8,6 +8,14 @@ A shard is a plain POSIX tar whose members are grouped by record key, in order::
                     frame_times [K] (seconds from the clip start), frames [K member names]
     {key}.NN.jpg    optional RGB video frames, NN = 00, 01, ... in frame_times order
 
+Sensor spectra (a record is one sensor's continuous runs of one UTC day, not audio)::
+
+    {key}.levels.npy  float16 [T, 29] third-octave levels in dB (0.03-0.06 dB resolution at
+                      32-128 dB: finer than the 0.1 dB sensors report), in time order
+    {key}.times.npy   float64 [T] epoch seconds of each frame (gaps between runs included)
+    {key}.json        kind "spectra", sensor, t0, period_s, n_frames, duration_s, bands_hz,
+                      runs [{t0, frames, lines}], the group row's split and source
+
 This is the layout practitioners use for AudioSet (16 kHz FLAC + JSON in WebDataset tars,
 ANCHORS.md section 4), so the shards also read with the ``webdataset`` package. The key is the
 clip id when it is made of ``[A-Za-z0-9_-]`` only; otherwise a sanitised id plus a short hash
@@ -115,6 +123,55 @@ def encode_record(row: Mapping[str, Any], audio: np.ndarray, frames: np.ndarray 
     return members
 
 
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_spectra_record(row: Mapping[str, Any], times: np.ndarray, levels: np.ndarray,
+                          facts: Mapping[str, Any] | None = None) -> Record:
+    """One sensor record -> tar members: ``times`` float64 [T] epoch s, ``levels`` [T, F] dB
+    (stored float16). ``row`` is the group's manifest-like row (meta: sensor, period_s, ...)."""
+    times = np.asarray(times, dtype=np.float64)
+    levels = np.asarray(levels)
+    if levels.ndim != 2 or len(levels) == 0 or len(times) != len(levels):
+        raise ShardError(f"record {row.get('clip_id')!r}: levels must be [T, F] with T = "
+                         f"len(times) > 0, got {levels.shape} and {times.shape}")
+    key = record_key(str(row["clip_id"]))
+    meta = row.get("meta") or {}
+    meta = json.loads(meta) if isinstance(meta, str) else dict(meta)
+    doc: dict[str, Any] = {k: row.get(k) for k in ("clip_id", "source", "split")}
+    doc["labels"] = list(row.get("labels") or [])
+    doc["meta"] = meta
+    doc.update(dict(facts or {}))
+    period = float(meta["period_s"])
+    doc.update(kind="spectra", n_frames=int(len(times)), t0=float(times[0]), period_s=period,
+               n_bands=int(levels.shape[1]), duration_s=len(times) * period)
+    return [(f"{key}.json", json.dumps(doc, sort_keys=True).encode()),
+            (f"{key}.levels.npy", _npy(levels.astype(np.float16))),
+            (f"{key}.times.npy", _npy(times))]
+
+
+def _decode_spectra(key: str, members: dict[str, bytes], doc: dict, where: str) -> Clip:
+    clip_id = str(doc["clip_id"])
+    if f"{key}.times.npy" not in members:
+        raise RecordError(where, clip_id, "incomplete_record", f"no member {key}.times.npy")
+    try:
+        levels = np.load(io.BytesIO(members[f"{key}.levels.npy"]), allow_pickle=False)
+        times = np.load(io.BytesIO(members[f"{key}.times.npy"]), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise RecordError(where, clip_id, "bad_array", str(e)) from None
+    want = int(doc.get("n_frames", -1))
+    if levels.ndim != 2 or len(levels) != want or times.shape != (want,):
+        raise RecordError(where, clip_id, "truncated", f"levels {levels.shape}, times "
+                          f"{times.shape}, the JSON promises {want} frames")
+    meta = dict(doc.get("meta") or {})
+    meta["record"] = {k: v for k, v in doc.items() if k not in ("meta", "labels", "clip_id")}
+    return Clip(clip_id=clip_id, audio=np.zeros(0, np.float32), labels=list(doc.get("labels") or []),
+                meta=meta, features=levels.astype(np.float32), feature_times=times)
+
+
 def _write_tar(f: BinaryIO, records: Iterable[Record]) -> int:
     n = 0
     with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -153,6 +210,8 @@ def write_shard(uri: str, records: Iterable[Record]) -> int:
 
 
 def _decode(key: str, members: dict[str, bytes], where: str) -> Clip:
+    if f"{key}.levels.npy" in members and f"{key}.json" in members:
+        return _decode_spectra(key, members, json.loads(members[f"{key}.json"]), where)
     if f"{key}.json" not in members or f"{key}.flac" not in members:
         raise ShardError(f"{where}: record {key!r} lacks its .json or .flac member")
     doc = json.loads(members[f"{key}.json"])
@@ -224,11 +283,19 @@ def decode_record(key: str, members: dict[str, bytes], where: str = "shard", *,
 
     Checks what :func:`iter_shard` takes on trust: both members present, valid JSON, FLAC that
     decodes to exactly the ``num_samples`` the JSON promises (a cut member is "truncated"), a
-    non-empty clip, and (``frames=True``) every listed frame present and decodable.
+    non-empty clip, and (``frames=True``) every listed frame present and decodable. A sensor
+    spectra record becomes a Clip with empty ``audio`` and ``features`` / ``feature_times``.
     ``frames=False`` skips the JPEGs (audio-only consumers)."""
     from tympan.datasets.audio import DecodeError, decode_audio
 
     clip_id = key
+    if f"{key}.levels.npy" in members and f"{key}.json" in members:    # sensor spectra
+        try:
+            doc = json.loads(members[f"{key}.json"])
+            str(doc["clip_id"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise RecordError(where, clip_id, "bad_json", str(e)) from None
+        return _decode_spectra(key, members, doc, where)
     if f"{key}.json" not in members or f"{key}.flac" not in members:
         raise RecordError(where, clip_id, "incomplete_record",
                           f"members {sorted(members)}; a record needs {key}.json and {key}.flac")

@@ -549,6 +549,53 @@ def h100_cola_estimate(ray_clips_per_s_per_core: float, limit_clips_per_s: float
 
 # ---- the benchmark -------------------------------------------------------------------------
 
+def make_sensor_csvs(root: str | Path, sensors: int, frames: int, seed: int = 0) -> list[str]:
+    """``sensors`` CSVs of ``frames`` fast third-octave frames each (ISO 8601 times, 29 band
+    columns, 0.1 dB), as CENSE-like sensors write them."""
+    from tympan.datasets.thirdoctave import NOMINAL_HZ
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = np.datetime64("2025-01-01T00:00:00.000") + (np.arange(frames) * 125).astype("timedelta64[ms]")
+    times = np.datetime_as_string(t, unit="ms")
+    out = []
+    for k in range(sensors):
+        lv = np.round(rng.normal(55, 8, (frames, len(NOMINAL_HZ))), 1)
+        body = np.column_stack([times.astype(object)] + [lv[:, j].astype(str) for j in range(lv.shape[1])])
+        path = root / f"sensor-{k:02d}.csv"
+        with open(path, "w") as f:
+            f.write("time," + ",".join(f"{c:g}" for c in NOMINAL_HZ) + "\n")
+            f.write("\n".join(",".join(r) for r in body) + "\n")
+        out.append(str(path))
+    return out
+
+
+def spectra_ingest_bench(root: str | Path, sensors: int = 2, frames: int = 200_000,
+                         repeats: int = 1) -> dict[str, Any]:
+    """``tympan data ingest spectra`` (parse, validate every row, cut runs) against a plain
+    ``pyarrow.csv.read_csv`` of the same files, frames/s (median of ``repeats``)."""
+    import pyarrow.csv as pacsv
+
+    from tympan.datasets.formats.spectra import ingest_spectra
+
+    files = make_sensor_csvs(root, sensors, frames)
+    mb = sum(os.path.getsize(f) for f in files) / 1e6
+    ing, plain, n_ingest, n_plain = [], [], 0, 0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        rows, rep = ingest_spectra(str(root))
+        ing.append(time.perf_counter() - t)
+        n_ingest = rep.frames
+        t = time.perf_counter()
+        n_plain = sum(pacsv.read_csv(f).num_rows for f in files)
+        plain.append(time.perf_counter() - t)
+    ti, tp = statistics.median(ing), statistics.median(plain)
+    return {"files": len(files), "frames": n_ingest, "plain_rows": n_plain, "mb": round(mb, 1),
+            "ingest_frames_per_s": n_ingest / ti, "pyarrow_frames_per_s": n_plain / tp,
+            "ingest_over_pyarrow": (n_ingest / ti) / (n_plain / tp)}
+
+
 def _median(runs: list[dict[str, Any]], key: str = "clips_per_s") -> float:
     return float(statistics.median(r[key] for r in runs)) if runs else 0.0
 
@@ -607,6 +654,13 @@ def _run(cfg: BenchDataConfig, work: Path) -> dict[str, Any]:
 
     def load() -> None:
         res["load_avg_during"].append(round(os.getloadavg()[0], 2))
+
+    # -- sensor CSV ingest against a plain pyarrow read of the same files ------------------
+    load()
+    res["spectra_ingest"] = spectra_ingest_bench(work / "sensors", frames=20_000 if cfg.quick
+                                                 else 200_000, repeats=cfg.repeats)
+    _log(f"spectra ingest: {res['spectra_ingest']['ingest_frames_per_s']:.0f} frames/s "
+         f"({res['spectra_ingest']['ingest_over_pyarrow']:.2f} x pyarrow)")
 
     # -- sharding: 10 s 44.1 kHz stereo WAVs -> shards, against the plain loop -------------
     _log(f"writing {cfg.audio_clips} WAVs (10 s, 44.1 kHz, stereo) in {work / 'wav'}")
@@ -851,6 +905,14 @@ def format_markdown(res: dict[str, Any], command: str, notes: str = "") -> str:
                  f"{_median(sh['limit'], 'cpu_ms_per_clip'):.1f} / {_median(jobs, 'cpu_ms_per_clip'):.1f} |")
     L += ["", f"Plain loop, ms per clip by stage: {_ms(_stage_median(sh['limit']))} "
           f"(= {_f(slim, 1)} clips/s on one core).", ""]
+    si = res.get("spectra_ingest")
+    if si:       # sensor CSVs (issue 12): the ingest against a plain pyarrow read
+        L += ["## Sensor CSV ingest", "",
+              f"{si['files']} files, {si['frames']} frames of 29 bands ({si['mb']} MB): "
+              f"`tympan data ingest spectra` (every row validated, runs cut) "
+              f"{si['ingest_frames_per_s']:.0f} frames/s vs a plain `pyarrow.csv.read_csv` "
+              f"{si['pyarrow_frames_per_s']:.0f} frames/s: ratio {si['ingest_over_pyarrow']:.2f} "
+              "(a year of one sensor is 252 M frames).", ""]
     mem = res["memory"]
     L += ["## Memory: the stream 10x longer", "",
           "| stream | source | clips | peak PSS, all processes (MB) | peak object store (MB) | clips/s |",

@@ -8,6 +8,11 @@ ingest``) and every model of the table
     log-mel       log-mel mean/std statistics (no network)
     supervised    the same architecture trained on the task's training split (upper bound)
 
+A spectral task (rows of meta kind "spectra": windows of sensor frames, e.g. the offline
+build's ``sensor_sources``) has no audio: it is scored by
+:func:`evaluate_spectral_task` with pretrained, random-init and
+``third-octave-stats`` (each band's mean/std, in place of log-mel), no supervised model.
+
 clip embeddings are computed with the batch-inference plan of :mod:`tympan.distributed.embed`
 (Ray Data actor pool, or the same code in-process with ``backend="local"``), standardised, and
 a linear probe is fit (:mod:`tympan.methods.probe`): regularisation chosen on the validation
@@ -45,7 +50,7 @@ from tympan.distributed.embed import (Source, decode_unit, hear_rows, hear_task_
 __all__ = ["Checkpoint", "EvalConfig", "EvaluateError", "Task", "discover_tasks", "evaluate",
            "evaluate_task", "format_table", "load_checkpoint", "write_results"]
 
-MODELS = ("pretrained", "random-init", "log-mel", "supervised")
+MODELS = ("pretrained", "random-init", "log-mel", "third-octave-stats", "supervised")
 _FOLD = re.compile(r"^fold\d+$")
 
 
@@ -288,6 +293,51 @@ def evaluate_task(task: Task, ck: Checkpoint, cfg: EvalConfig, log: Callable = p
     return out, info
 
 
+def evaluate_spectral_task(task: Task, ck: Checkpoint, cfg: EvalConfig, log: Callable = print
+                           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``tympan evaluate`` on a spectral task (a :class:`Task` whose
+    rows are windows of sensor frames): the checkpoint, random init per seed and third-octave
+    statistics (in place of the log-mel baseline: there is no audio), rows in evaluate's format.
+    The supervised model needs waveforms and is left out on spectral tasks."""
+    from tympan.datasets.offline.sensors import window_levels
+    from tympan.distributed.sensor_eval import embed_levels, third_octave_stats
+    from tympan.methods.base import config_from_dict
+    from tympan.methods.baselines import random_init
+    from tympan.methods.registry import get_method, load_method
+
+    t0 = time.perf_counter()
+    method = ck.payload["method"]
+    method_cfg = config_from_dict(get_method(method).config_cls, ck.payload["config"])
+    rows = sorted(task.rows, key=lambda r: r["clip_id"])
+    lv = window_levels(rows)
+    y, split = _labels(task, rows), np.array([r["split"] for r in rows])
+    feats: dict[str, Any] = {}
+    if "pretrained" in cfg.models:
+        feats["pretrained"] = embed_levels(load_method(ck.payload), lv)
+    if "random-init" in cfg.models:
+        for s in cfg.seeds:
+            feats[f"random-init/{s}"] = embed_levels(random_init(method, method_cfg, 1000 + s), lv)
+    if "log-mel" in cfg.models or "third-octave-stats" in cfg.models:
+        feats["third-octave-stats"] = third_octave_stats(lv)
+    scores: dict[str, list[float]] = {}
+    for name, x in feats.items():
+        for s in cfg.seeds:
+            if name.startswith("random-init/") and name != f"random-init/{s}":
+                continue
+            scores.setdefault(name.split("/")[0], []).append(_probe_scores(task, x, y, split, s)["test"])
+    mask = split == "test"
+    chance = _chance(task, [y[i] for i in np.flatnonzero(mask)])
+    out = [{"task": task.name, "model": m, "metric": "accuracy", "mean": float(np.mean(v)),
+            "std": float(np.std(v)), "n_test": int(mask.sum()), "n_seeds": len(v),
+            "protocol": "splits", "chance": round(chance, 4), "scores": [round(x, 4) for x in v]}
+           for m, v in scores.items()]
+    info = {"task": task.name, "clips": len(rows), "bad_clips": 0, "bad": [], "kind": "spectra",
+            "ignored_splits": task.ignored, "seconds": round(time.perf_counter() - t0, 1)}
+    log(f"  {task.name} ({info['seconds']} s, {len(rows)} windows of frames): "
+        + "  ".join(f"{r['model']} {r['mean']:.3f}" for r in out))
+    return out, info
+
+
 # ---- the table ------------------------------------------------------------------------------
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -354,6 +404,8 @@ def evaluate(checkpoint: str, tasks: Sequence[str], out: str | os.PathLike = "ru
              cfg: EvalConfig = EvalConfig(), *, tracking_uri: str | None = None, mlflow_run: bool = True,
              log: Callable = print, checkpoint_obj: Checkpoint | None = None) -> list[dict[str, Any]]:
     """``tympan evaluate``: every task x model -> rows; writes results.* and one MLflow run."""
+    from tympan.distributed.sensor_eval import is_spectral
+
     t0 = time.perf_counter()
     ck = checkpoint_obj or load_checkpoint(checkpoint)
     task_list = discover_tasks(tasks, cfg.max_clips_per_split)
@@ -362,7 +414,10 @@ def evaluate(checkpoint: str, tasks: Sequence[str], out: str | os.PathLike = "ru
         f"seeds {list(cfg.seeds)}, models {list(cfg.models)}, backend {cfg.backend}")
     rows, infos = [], []
     for task in task_list:
-        r, info = evaluate_task(task, ck, cfg, log)
+        if is_spectral(task.rows):     # windows of sensor frames, not audio (issue 12)
+            r, info = evaluate_spectral_task(task, ck, cfg, log)
+        else:
+            r, info = evaluate_task(task, ck, cfg, log)
         rows += r
         infos.append(info)
     header = (f"# tympan evaluate\n\ncheckpoint `{ck.path}` (method `{ck.payload['method']}`), "

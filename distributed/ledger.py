@@ -29,9 +29,13 @@ class Ledger:
         self.bad: dict[str, dict[tuple, BadClip]] = {}
         self.examples: dict[str, dict[int, int]] = {}
         self.seconds: dict[str, dict[int, tuple[float, float]]] = {}
+        self.tallies: dict[str, dict[int, dict[str, int]]] = {}
 
     def report(self, pipeline: str, unit: int, epoch: int, examples: int,
-               bad: list[tuple[str, str, str]], seconds: tuple[float, float]) -> None:
+               bad: list[tuple[str, str, str]], seconds: tuple[float, float],
+               counts: dict[str, int] | None = None) -> None:
+        if counts:                     # per unit, so a retried read task does not count twice
+            self.tallies.setdefault(pipeline, {})[unit] = dict(counts)
         self.examples.setdefault(pipeline, {})[unit] = examples
         self.seconds.setdefault(pipeline, {})[unit] = seconds
         mine = self.bad.setdefault(pipeline, {})
@@ -40,6 +44,13 @@ class Ledger:
 
     def snapshot(self, pipeline: str) -> tuple[list[BadClip], dict[int, int]]:
         return list(self.bad.get(pipeline, {}).values()), dict(self.examples.get(pipeline, {}))
+
+    def counts(self, pipeline: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.tallies.get(pipeline, {}).values():
+            for k, v in c.items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     def stage_seconds(self, pipeline: str) -> dict[str, float]:
         seconds = self.seconds.get(pipeline, {})

@@ -26,6 +26,13 @@ Determinism: unit ``k`` (epoch ``k // units_per_epoch``) is a pure function of (
 k); its clips are sampled with ``default_rng([seed, k, ...])``; blocks come out in unit order
 (``preserve_order``) and the shuffle buffer is seeded. Same seed -> same batches at one worker.
 
+Sensor spectra (``spectra:DIR``): a unit is a shard of sensor records; each record is cut into
+slices of ``slice_width`` frames under ``gap_policy`` (:mod:`tympan.datasets.slices`: reject /
+split / fill, never a slice across a discontinuity), the method's sampler draws its views
+inside each slice (:func:`tympan.methods.base.spectral_views`), every batch gains
+``frame_times`` [B, slice_width] (epoch s), and the unit's slicing counts go to the ledger
+(:meth:`Pipeline.slice_stats`).
+
 Front end placement (``PipelineConfig.frontend``): ``"cpu"`` ships features; ``"device"``
 ships the waveform crops the features are made of (same keys, ``[..., n]`` instead of
 ``[..., T, F]``) and :attr:`Pipeline.device_frontend` (a torch module, move it to the
@@ -53,7 +60,9 @@ from tympan.datasets.clip import Clip
 from tympan.datasets.frontend import Frontend, deferred_frontend
 from tympan.distributed.ledger import BadClip, session_ledger
 from tympan.distributed.sources import (AVPlan, AVSource, Bad, DataSource, MixerPlan, MixerSource,
-                                        Plan, ShardPlan, ShardSource, parse_data_uri)
+                                        Plan, ShardPlan, ShardSource, SpectraPlan, SpectraSource,
+                                        Tally, parse_data_uri)
+from tympan.methods.base import spectral_views
 from tympan.methods.registry import METHODS, get_method
 
 __all__ = ["PipelineConfig", "Position", "BadClip", "BadClips", "Pipeline", "build_pipeline",
@@ -75,6 +84,7 @@ FRONTEND_KEYS: dict[str, tuple[str, ...]] = {
 # front end's input (the zero-padded crops) and DeviceFrontend re-applies the mask by length.
 _FROM_FRONTEND_INPUT = {"audio-word2vec": "mfcc"}
 _NEEDS_FRAMES = {"l3", "soundnet"}
+_SPECTRAL_METHODS = {"audio2vec-cbow", "audio2vec-skipgram", "temporal-gap", "triplet", "cola"}
 _NEEDS_TRANSCRIPT = {"audio-text"}
 _MIN_GROUP = {"l3": 2}                    # mismatched frames come from another clip of the group
 
@@ -93,6 +103,10 @@ class PipelineConfig:
     cpus_per_task: float = 1.0
     keep_ids: bool = False                # add a "clip_id" column (embedding, tests)
     drop_last: bool = True                # fixed batch shapes for training
+    # spectra: sources (sensor records): samples of slice_width frames, never across a gap
+    slice_width: int = 80                 # frames per slice (80 x 125 ms = 10 s)
+    gap_policy: Literal["reject", "split", "fill"] = "reject"
+    fill_max_frames: int = 8              # fill: longest gap interpolated (8 frames = 1 s)
 
     def __post_init__(self):
         for key in ("batch_size", "group_size", "clips_per_unit", "mixer_epoch_clips", "max_units"):
@@ -103,6 +117,10 @@ class PipelineConfig:
         check(self.av_frames_per_second > 0, "av_frames_per_second", self.av_frames_per_second,
               "must be positive")
         check(self.cpus_per_task > 0, "cpus_per_task", self.cpus_per_task, "must be positive")
+        check(self.slice_width >= 1, "slice_width", self.slice_width, "must be >= 1")
+        check(self.gap_policy in ("reject", "split", "fill"), "gap_policy", self.gap_policy,
+              "must be reject, split or fill")
+        check(self.fill_max_frames >= 0, "fill_max_frames", self.fill_max_frames, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -197,6 +215,13 @@ def _check_clip(method: str, clip: Clip) -> str | None:
 
 def _sample(stage: _Stage, clips: list[Clip], rng: np.random.Generator) -> dict[str, np.ndarray]:
     sampler = get_method(stage.method).sample_views
+    if clips[0].features is not None:       # sensor slices: views drawn inside their frames
+        with spectral_views(stage.method_cfg.frontend, clips) as proxies:
+            out = sampler(stage.method_cfg, proxies, rng)
+        out["frame_times"] = np.stack([c.feature_times for c in clips])     # [B, width] epoch s
+        if stage.cfg.keep_ids:
+            out["clip_id"] = np.asarray([c.clip_id for c in clips])
+        return out
     if stage.cfg.frontend == "cpu":
         out = sampler(stage.method_cfg, clips, rng)
     else:
@@ -215,6 +240,7 @@ def _run_unit(stage: _Stage, plan_key: str, plan_ref, ledger, unit: int) -> Iter
     plan = _plan(plan_key, plan_ref)
     rng = np.random.default_rng([stage.cfg.seed, unit, 0x7E5])
     bad: list[Bad] = []
+    counts: dict[str, int] = {}
     examples = 0
     group, min_group = stage.cfg.group_size, _MIN_GROUP.get(stage.method, 1)
     good: list[Clip] = []
@@ -244,6 +270,10 @@ def _run_unit(stage: _Stage, plan_key: str, plan_ref, ledger, unit: int) -> Iter
         if isinstance(item, Bad):
             bad.append(item)
             continue
+        if isinstance(item, Tally):
+            for k, v in item.counts.items():
+                counts[k] = counts.get(k, 0) + v
+            continue
         reason = _check_clip(stage.method, item)
         if reason is not None:
             bad.append(Bad(item.clip_id, reason, plan.where(unit)))
@@ -262,7 +292,7 @@ def _run_unit(stage: _Stage, plan_key: str, plan_ref, ledger, unit: int) -> Iter
     # Reported before the unit's last rows leave: once a consumer has read every example of a
     # unit, its bad clips and example count are in the ledger.
     ray.get(ledger.report.remote(stage.pipeline, unit, unit // stage.units_per_epoch, examples,
-                                 [tuple(b) for b in bad], tuple(seconds)))
+                                 [tuple(b) for b in bad], tuple(seconds), counts))
     if last is not None:
         yield last
 
@@ -318,6 +348,12 @@ class Pipeline:
         clips, _ = ray.get(self._ledger.snapshot.remote(self._id))
         return BadClips(tuple(clips))
 
+    def slice_stats(self) -> dict[str, int]:
+        """``spectra:`` sources: the slicing counts summed over the units finished so far
+        (records, frames, slices, rejected, discontinuities, restarts, filled_gaps,
+        filled_frames, tail_frames; see :mod:`tympan.datasets.slices`); {} otherwise."""
+        return ray.get(self._ledger.counts.remote(self._id))
+
     def stage_seconds(self) -> dict[str, float]:
         """Summed over the units finished so far: ``units``, ``examples``, ``read_decode_s``
         (reading and decoding clips) and ``views_s`` (front end + view sampling), task seconds."""
@@ -354,6 +390,8 @@ def _make_plan(source: DataSource, cfg: PipelineConfig) -> Plan:
         return MixerPlan(source, cfg.seed, cfg.clips_per_unit, cfg.mixer_epoch_clips)
     if isinstance(source, AVSource):
         return AVPlan(source, cfg.seed, cfg.clips_per_unit, cfg.av_frames_per_second)
+    if isinstance(source, SpectraSource):
+        return SpectraPlan(source, cfg.seed, cfg.slice_width, cfg.gap_policy, cfg.fill_max_frames)
     raise ConfigError("data", source, "not a data source (use parse_data_uri)")
 
 
@@ -379,6 +417,18 @@ def build_pipeline(source: DataSource | str, method: str, method_cfg: Any = None
         check(epochs >= 1, "epochs", epochs, "must be >= 1 (or None)")
     if isinstance(source, str):
         source = parse_data_uri(source)
+    if isinstance(source, SpectraSource):
+        fe = getattr(method_cfg, "frontend", None)
+        if method not in _SPECTRAL_METHODS:
+            raise ConfigError("method", method, "sensor spectra (spectra: data) feed the slice "
+                              f"methods only: {', '.join(sorted(_SPECTRAL_METHODS))}")
+        if fe is None or fe.kind != "third-octave":
+            raise ConfigError("frontend.kind", getattr(fe, "kind", None), "spectra: data are "
+                              "third-octave frames; use the method's sensor preset "
+                              "(tympan.methods.sensor, `tympan pretrain --preset sensor`)")
+        if cfg.frontend != "cpu":
+            raise ConfigError("frontend", cfg.frontend, "spectra: frames are already features; "
+                              "use frontend='cpu'")
     plan = _make_plan(source, cfg)
     per = getattr(plan, "clips_per_unit", None)
     first = start.epoch * plan.units_per_epoch + (start.offset // per if per else start.offset)

@@ -20,6 +20,11 @@ nice 0. Pieces give every core ~4 tasks whatever the shard count; writing in the
 task keeps the job on one worker process per CPU; a cluster the command starts itself runs its
 workers at nice 0.
 
+A manifest of sensor spectra runs (``tympan data ingest spectra``) is sharded as sensor records
+instead of FLAC: its runs are grouped per sensor and UTC day
+(:mod:`tympan.datasets.spectra_records`), a "clip" of the plan and summary is one such record,
+and ``hours`` counts frames times the period.
+
     summary = shard_manifest("esc50.parquet", "s3://bucket/esc50-shards", shard_size=256)
     print(format_summary(summary))
 """
@@ -46,6 +51,7 @@ from tympan.datasets.audio import VIDEO_EXTENSIONS, DecodeError, decode_audio, \
     decode_video_frames, probe
 from tympan.datasets.manifest import SCHEMA as MANIFEST_SCHEMA, read_manifest
 from tympan.datasets.shards import encode_record, list_shards, shard_name, write_shard
+from tympan.datasets.spectra_records import encode_groups, group_runs, is_spectra_manifest
 
 REJECT_SCHEMA = pa.schema([("clip_id", pa.string()), ("source", pa.string()),
                            ("reason", pa.string()), ("message", pa.string()),
@@ -167,7 +173,17 @@ def encode_chunk(table_ref: list, lo: int, hi: int, cfg: ShardConfig
 
     table = ray.get(table_ref[0])
     records, rejects, seconds = [], [], 0.0
-    for row in table.slice(lo, hi - lo).to_pylist():
+    rows = table.slice(lo, hi - lo).to_pylist()
+    if rows and json.loads(rows[0]["meta"] or "{}").get("kind") == "spectra-group":
+        for row, rec, secs in encode_groups(rows):     # sensor records: one pass per CSV
+            if isinstance(rec, Exception):
+                rejects.append({"reason": "bad_spectra", "message": f"{type(rec).__name__}: {rec}",
+                                "clip_id": row["clip_id"], "source": row["source"]})
+            else:
+                records.append(rec)
+                seconds += secs
+        rows = []
+    for row in rows:
         try:
             rec, secs = encode_clip(row, cfg)
         except DecodeError as e:
@@ -315,6 +331,10 @@ def shard_manifest(manifest_uri: str, out_uri: str, *, shard_size: int = 256,
     out = storage.local_path(out_uri) if storage.is_local(out_uri) else out_uri.rstrip("/")
     manifest = storage.local_path(manifest_uri) if storage.is_local(manifest_uri) else manifest_uri
     rows = _read_rows(manifest)                        # validated before any Ray resource
+    if is_spectra_manifest(rows):
+        # Sensor runs -> one record per sensor-day (float16 frames + times), so the training
+        # stream can see (and, with gap policy "fill", bridge) the gaps between runs.
+        rows = group_runs(rows)
     chunks = plan_shards(rows, cfg.shard_size)
     storage.makedirs(out)
     _check_or_store_plan(out, _plan_doc(chunks, manifest, cfg.shard_size))

@@ -8,6 +8,10 @@ Data URIs (every command that reads data accepts them)::
     DIR_A=0.7,s3://b/x=0.3              several shard sets mixed with weights
     offline:DIR                         the offline corpus's live mixer (endless, no disk)
     offline-av:DIR                      the offline corpus's audio-visual mp4 clips (l3, soundnet)
+    spectra:DIR[,DIR2=w...]             shards of sensor records (``tympan data shard`` of a
+                                        spectra manifest), cut into slices of ``width`` frames
+                                        that never straddle a discontinuity (gap policy of the
+                                        PipelineConfig: reject / split / fill)
 
 A unit id ``k`` is a pure function of (plan, seed): unit ``k`` of epoch ``e`` is the same
 shard or the same clips on every run, which makes the stream deterministic and resumable from
@@ -53,7 +57,12 @@ class AVSource:
     root: str                     # a built offline corpus (manifests/av.parquet)
 
 
-DataSource = Union[ShardSource, MixerSource, AVSource]
+@dataclass(frozen=True)
+class SpectraSource:
+    shards: ShardSource           # shard sets of sensor records
+
+
+DataSource = Union[ShardSource, MixerSource, AVSource, SpectraSource]
 
 
 def parse_data_uri(uri: str) -> DataSource:
@@ -62,6 +71,11 @@ def parse_data_uri(uri: str) -> DataSource:
     text = str(uri).strip()
     if not text:
         raise ConfigError("data", uri, "empty data URI")
+    if text.startswith("spectra:"):
+        rest = text[len("spectra:"):]
+        if not rest or rest.startswith(("offline", "spectra:")):
+            raise ConfigError("data", uri, "expected spectra:DIR (shards of sensor records)")
+        return SpectraSource(parse_data_uri(rest))
     for prefix, cls, need in (("offline-av:", AVSource, ("manifests", "av.parquet")),
                               ("offline:", MixerSource, ("pretrain", "sources.json"))):
         if text.startswith(prefix):
@@ -238,4 +252,48 @@ class AVPlan:
             yield clip
 
 
-Plan = Union[ShardPlan, MixerPlan, AVPlan]
+class Tally(NamedTuple):
+    """Counts a unit reports besides its clips (the slicing's :class:`SliceStats`)."""
+    counts: dict
+
+
+class SpectraPlan:
+    """Units are shards of sensor records (as :class:`ShardPlan`); each record is cut into
+    slices of ``width`` frames by :func:`tympan.datasets.slices.slice_record` under ``policy``.
+    A slice is a Clip with ``features`` [width, F] and ``feature_times`` [width]; after a
+    unit's last slice comes one :class:`Tally` of its slicing counts."""
+
+    clips_per_unit = None
+
+    def __init__(self, source: SpectraSource, seed: int, width: int, policy: str, fill_max: int):
+        self.shards = ShardPlan(source.shards, seed)
+        self.units_per_epoch = self.shards.units_per_epoch
+        self.width, self.policy, self.fill_max = width, policy, fill_max
+
+    def where(self, unit: int) -> str:
+        return self.shards.where(unit)
+
+    def clips(self, unit: int, frames: bool) -> Iterator[Clip | Bad | Tally]:
+        from tympan.datasets.slices import SliceStats, iter_slices
+
+        total = SliceStats()
+        for rec in self.shards.clips(unit, frames=False):
+            if isinstance(rec, Bad):
+                yield rec
+                continue
+            if rec.features is None:
+                yield Bad(rec.clip_id, "not_spectra", f"{self.where(unit)}: an audio record "
+                          "in a spectra: source")
+                continue
+            period = float(rec.meta["record"]["period_s"])
+            slices, stats = iter_slices(rec.clip_id, rec.feature_times, rec.features, period,
+                                        self.width, self.policy, self.fill_max)
+            for sid, t, lv in slices:
+                yield Clip(clip_id=sid, audio=np.zeros(0, np.float32), labels=list(rec.labels),
+                           meta={"sensor": rec.meta.get("sensor"), "period_s": period},
+                           features=np.ascontiguousarray(lv, dtype=np.float32), feature_times=t)
+            total.add(stats)
+        yield Tally(total.to_dict())
+
+
+Plan = Union[ShardPlan, MixerPlan, AVPlan, SpectraPlan]

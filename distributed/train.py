@@ -73,6 +73,11 @@ class TrainConfig:
     cpus_per_worker: float | None = None  # CPUs reserved per training worker; None: sized from the cluster
     shuffle_buffer: int | None = None   # pipeline's local shuffle buffer; None: its default
     val_data: str | None = None         # held-out data URI for validation; None: see README
+    # spectra: data (sensor records): slices of slice_width frames; a discontinuity inside one
+    # is handled by gap_policy (reject / split / fill gaps of <= fill_max_frames frames)
+    slice_width: int = 80
+    gap_policy: Literal["reject", "split", "fill"] = "reject"
+    fill_max_frames: int = 8
 
     def __post_init__(self):
         check(self.steps >= 1, "steps", self.steps, "must be >= 1")
@@ -549,6 +554,14 @@ class StreamRegistry:
         train_pipes = [p for p in self.pipes if p.cfg.seed == self.pcfg.seed]
         return dataclasses.asdict(train_pipes[-1].position_after(examples))
 
+    def slice_stats(self) -> dict:
+        """spectra: sources: the slicing counts of every stream, summed ({} otherwise)."""
+        out: dict[str, int] = {}
+        for p in self.pipes:
+            for k, v in p.slice_stats().items():
+                out[k] = out.get(k, 0) + v
+        return out
+
     def bad_clips(self) -> dict:
         """Every stream's dropped clips, each (clip, reason, where) once with the number of
         times it was met (once per epoch read, again in a unit replayed after a restart)."""
@@ -594,6 +607,9 @@ class DataFeed:
     def bad_clips(self) -> dict:
         return {"count": 0, "by_reason": {}, "clips": []}
 
+    def slice_stats(self) -> dict:
+        return {}
+
     def shutdown(self) -> None:
         pass
 
@@ -611,6 +627,8 @@ class PipelineFeed(DataFeed):
         self.uri, self.method, self.method_cfg, self.train = uri, method, method_cfg, train
         micro = max(1, train.batch_size // (max_workers * train.grad_accum))
         kw = {} if train.shuffle_buffer is None else {"shuffle_buffer": train.shuffle_buffer}
+        kw.update(slice_width=train.slice_width, gap_policy=train.gap_policy,
+                  fill_max_frames=train.fill_max_frames)
         # Every unit (a shard, a group of mixed clips) yields at least one example, so a run
         # never needs more units than the examples it reads; planning 10,000 read tasks for a
         # 40-example smoke run costs more than the run.
@@ -646,6 +664,11 @@ class PipelineFeed(DataFeed):
         import ray
 
         return ray.get(self.registry.bad_clips.remote())
+
+    def slice_stats(self) -> dict:
+        import ray
+
+        return ray.get(self.registry.slice_stats.remote())
 
     def shutdown(self) -> None:
         import ray
@@ -795,6 +818,7 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
     # 3. summary, artifacts
     m = dict(result.metrics or {})
     bad = feed.bad_clips()
+    slices = feed.slice_stats()
     feed.shutdown()
     _release_placement_groups()
     ckpt_uri = f"{exp_uri}/{ck.checkpoint_dir_name(int(m.get('step', train.steps)))}/{ck.CHECKPOINT_FILE}"
@@ -807,6 +831,9 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
                "data_wait_fraction": m.get("data_wait_fraction"), "restarts": m.get("restarts", 0),
                "checkpoint": ckpt_uri, "mlflow_run_id": run_id, "tracking_uri": redact(tracking_uri),
                "run_dir": str(out), "seconds": round(time.perf_counter() - t0, 1)}
+    if slices:        # sensor spectra: what the gap policy kept, rejected, filled
+        summary["slices"] = slices
+        tracker.log_metrics(summary["steps"], {f"slices_{k}": v for k, v in slices.items()})
     _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     (out / "bad_clips.json").write_text(redact(json.dumps(bad, indent=2)))
     tracker.log_metrics(summary["steps"], {"bad_clips": summary["bad_clips"]})

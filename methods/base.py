@@ -20,6 +20,8 @@ The batch size of a sampled batch is ``len(clips)``; the training loop hands eac
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
@@ -168,10 +170,65 @@ def crop(wave: np.ndarray, start: int, n: int) -> np.ndarray:
 
 def logmel(frontend_cfg: Any, waves: np.ndarray) -> np.ndarray:
     """Front end on stacked crops ``[..., n]`` -> float32 ``[..., T, F]`` (crop first, then the
-    front end: cheaper than featurising the whole clip)."""
+    front end: cheaper than featurising the whole clip). Inside :func:`spectral_views` the
+    crops are frame-row proxies and the rows' precomputed frames come back instead."""
     from tympan.datasets.frontend import frontend_numpy
 
+    table = _FRAME_TABLE.get()
+    if table is not None:
+        return _proxy_frames(frontend_cfg, table, waves)
     return frontend_numpy(frontend_cfg, np.asarray(waves, dtype=np.float32)).astype(np.float32)
+
+
+# ---- sensor spectra: views drawn inside slices of precomputed frames -------------------------
+# The hook that lets every slice sampler (Audio2Vec, TemporalGap, triplet, COLA) run unchanged
+# on sensor data, whose clips carry frames (``Clip.features`` [T, F], 125 ms third-octave
+# levels) and no audio. With the third-octave front end a frame is exactly ``hop_length``
+# samples (``n_samples(t) = t * hop``), so inside ``spectral_views`` each clip is handed to the
+# sampler as a *proxy waveform*: frame j of the group's frame table becomes ``hop_length``
+# samples of value j. The sampler's arithmetic (spans, random starts, loop padding, slicing)
+# stays in samples, untouched; :func:`logmel` reads the frame rows back (sample 0, hop, 2 hop..
+# of each crop, so a view starting inside a frame starts at that frame). Views are therefore
+# exact frames drawn inside each clip's continuous slice, never across it. A waveform
+# augmentation (noise, mixing) would corrupt the row numbers: that is detected and refused,
+# so the methods' sensor presets switch those off (methods/sensor.py).
+_FRAME_TABLE: ContextVar[np.ndarray | None] = ContextVar("tympan_frame_table", default=None)
+
+
+@contextmanager
+def spectral_views(frontend_cfg: Any, clips: Sequence[Clip]):
+    """``with spectral_views(cfg.frontend, clips) as proxies: batch = sampler(cfg, proxies, rng)``
+    for clips carrying precomputed ``features`` [T, F] (see the comment above)."""
+    if frontend_cfg.kind != "third-octave":
+        raise ValueError(f"clips carry precomputed frames: the method's front end must be "
+                         f"kind 'third-octave' (frame = hop_length samples), not {frontend_cfg.kind!r}")
+    feats = [np.asarray(c.features, dtype=np.float32) for c in clips]
+    for c, f in zip(clips, feats):
+        if f.ndim != 2 or f.shape[1] != frontend_cfg.n_features or len(f) == 0:
+            raise ValueError(f"clip {c.clip_id!r}: frames {f.shape}, the front end expects "
+                             f"[T > 0, {frontend_cfg.n_features}]")
+    table = np.concatenate(feats)                                     # [N, F]
+    if len(table) >= 2 ** 24:                                         # float32 integers exact
+        raise ValueError(f"{len(table)} frames in one sampler call; at most 2**24")
+    starts = np.cumsum([0] + [len(f) for f in feats])
+    hop = frontend_cfg.hop_length
+    proxies = [dataclasses.replace(c, audio=np.repeat(np.arange(a, a + len(f), dtype=np.float32), hop),
+                                   features=None)
+               for c, a, f in zip(clips, starts, feats)]
+    token = _FRAME_TABLE.set(table)
+    try:
+        yield proxies
+    finally:
+        _FRAME_TABLE.reset(token)
+
+
+def _proxy_frames(frontend_cfg: Any, table: np.ndarray, waves: np.ndarray) -> np.ndarray:
+    waves = np.asarray(waves)
+    rows = waves[..., ::frontend_cfg.hop_length][..., :frontend_cfg.n_frames(waves.shape[-1])]
+    if not (np.array_equal(waves, np.rint(waves)) and rows.min() >= 0 and rows.max() < len(table)):
+        raise ValueError("a waveform augmentation (noise, mixing) touched views of precomputed "
+                         "frames; switch it off for sensor data (the method's sensor preset)")
+    return table[rows.astype(np.int64)]                               # [..., T, F]
 
 
 def window_embed(features: Tensor, encode, win: int, hop: int,

@@ -160,6 +160,13 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
             print(f"tympan pretrain: {flag} is required (a --resume finds it in the run's run.json)",
                   file=sys.stderr)
             return 2
+    if getattr(args, "preset", None) == "sensor" and not args.resume:
+        from tympan.methods.sensor import sensor_preset
+        try:
+            base = {**sensor_preset(method), **(base or {})}
+        except KeyError as e:
+            print(f"tympan pretrain: {e.args[0]}", file=sys.stderr)
+            return 2
     try:
         train, method_cfg = resolve_configs(method, args.config, args.overrides, base=base)
     except UnknownMethodError as e:
@@ -400,14 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "in MLflow. Config keys (key=value): the training keys steps, batch_size "
                     "(global), grad_accum, warmup_steps, min_lr_ratio, checkpoint_every, "
                     "num_to_keep, val_every, val_batches, log_every, seed, max_failures, "
-                    "precision, data_cpus_per_gpu, shuffle_buffer; any other key is the "
+                    "precision, data_cpus_per_gpu, shuffle_buffer, slice_width, gap_policy, "
+                    "fill_max_frames; any other key is the "
                     "method's (width=0.5, optim.lr=3e-4, frontend.n_mels=128 ...).")
     pre.add_argument("--method", default=None,
                      help="registry name: audio2vec-cbow, audio2vec-skipgram, temporal-gap, triplet, "
                           "cola, l3, soundnet, audio-word2vec, audio-text")
     pre.add_argument("--data", default=None,
                      help="shard directory or s3:// prefix; several with weights 'A=0.7,s3://b/x=0.3'; "
-                          "offline:DIR (live mixer of an offline build); offline-av:DIR (its AV clips)")
+                          "offline:DIR (live mixer of an offline build); offline-av:DIR (its AV clips); "
+                          "spectra:DIR (shards of sensor records; slice_width, gap_policy, "
+                          "fill_max_frames keys)")
     pre.add_argument("--workers", default="2",
                      help="training workers: N, or MIN-MAX for elastic training (default 2)")
     pre.add_argument("--gpus-per-worker", type=float, default=0.0,
@@ -424,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true",
                      help="continue the run NAME from its latest checkpoint (same --storage)")
     pre.add_argument("--config", default=None, help="YAML file of config keys")
+    pre.add_argument("--preset", choices=["sensor"], default=None,
+                     help="sensor: the method's settings for 29 third-octave bands at 125 ms "
+                          "(tympan.methods.sensor), for spectra:DIR data or audio through the "
+                          "third-octave front end")
     pre.add_argument("overrides", nargs="*", help="key=value config overrides")
     pre.set_defaults(func=_cmd_pretrain)
 

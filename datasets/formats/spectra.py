@@ -339,6 +339,7 @@ def ingest_spectra(src: str, media: str | None = None, *, time_column: str | Non
         with storage.open_input(uri) as f:
             header = [h.strip() for h in f.readline().decode("utf-8", "replace").strip("\r\n").split(",")]
         cols_seen = band_columns(uri, header, bands)
+        tcol = _time_column(uri, header, time_column)
         runs, measured = continuous_runs(blocks(), report, period_s)
         if measured is not None:
             periods.append(measured)
@@ -363,7 +364,9 @@ def ingest_spectra(src: str, media: str | None = None, *, time_column: str | Non
                                  meta={"kind": "spectra", "sensor": r.sensor, "t0": r.t0,
                                        "period_s": p, "frames": r.frames,
                                        "lines": [r.first_line, r.last_line],
-                                       "columns": cols_seen, "bands_hz": hz}))
+                                       "columns": cols_seen, "bands_hz": hz,
+                                       # how to read the file again (tympan data shard)
+                                       "time_column": tcol, "sensor_column": sensor_column}))
     report.sensors = len(sensors)
     report.period_s = round(float(np.median(periods)), 6) if periods else None
     report.count_rows(rows)
