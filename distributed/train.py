@@ -344,6 +344,11 @@ def train_func(config: dict) -> None:
         method.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # The optimizer's saved lr is the old schedule's value after the last step; a resumed run
+        # may have more steps (a different schedule), so set this step's lr from the current one.
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * lr_factor(scheduler.last_epoch, train)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         step = int(state["step"])
         history = dict(state["history"])
         history["restarts"] = history.get("restarts", 0) + 1
