@@ -202,7 +202,7 @@ class SubsetFeed(DataFeed):
     seed: int = 0
     group: int = 8
 
-    def datasets(self, experiment_uri: str) -> dict[str, Any]:
+    def setup(self, experiment_uri: str) -> dict[str, Any]:
         import ray
 
         from tympan.config import to_dict
