@@ -719,8 +719,14 @@ def _release_placement_groups() -> None:
     host (its state-API lookup cannot choose one), and a leaked group keeps its CPUs reserved,
     which starves the data pipeline of the next run in the same process. A placement group id
     ends with its job id, so only this job's groups are touched."""
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.placement_group import (PlacementGroup, get_current_placement_group,
+                                          remove_placement_group)
 
+    if get_current_placement_group() is not None:
+        # Inside a Ray Tune trial (an actor in Tune's placement group): the job's groups are
+        # this trial's own and the other trials'; removing them kills the trials. Train's
+        # controller still removes its worker group.
+        return
     job = ray.get_runtime_context().get_job_id()
     for pg_id, info in ray.util.placement_group_table().items():
         if pg_id.endswith(job) and info.get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
