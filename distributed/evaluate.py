@@ -375,29 +375,33 @@ def write_results(rows: list[dict[str, Any]], out: Path, header: str = "") -> di
 
 
 def _log_mlflow(rows, infos, ck: Checkpoint, cfg: EvalConfig, out: Path, paths, tracking_uri):
-    import mlflow
+    from tympan.distributed.tracking import Tracker
 
     uri = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ck.tracking_uri
            or f"sqlite:///{(out / 'mlflow.db').resolve()}")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("tympan-evaluate")
     tags = {"tympan.command": "evaluate", "tympan.checkpoint": ck.path,
             "tympan.method": ck.payload["method"]}
     if ck.pretrain_run_id:
         tags["tympan.pretrain_run_id"] = ck.pretrain_run_id
-    with mlflow.start_run(tags=tags) as run:
-        mlflow.log_params({"checkpoint": ck.path, "method": ck.payload["method"],
-                           "seeds": ",".join(map(str, cfg.seeds)), "backend": cfg.backend,
-                           "models": ",".join(cfg.models), "supervised_steps": cfg.supervised_steps,
-                           "max_clips_per_split": cfg.max_clips_per_split,
-                           "tasks": ",".join(i["task"] for i in infos)[:500]})
-        for r in rows:
-            key = re.sub(r"[^A-Za-z0-9_\-. /]", "_", f"{r['task']}/{r['model']}")
-            mlflow.log_metric(key, r["mean"])
-        mlflow.log_metric("bad_clips", sum(i["bad_clips"] for i in infos))
+    tracker = Tracker(uri)
+    tracker.start(None, experiment="tympan-evaluate", tags=tags)
+    status = "FAILED"
+    try:
+        tracker.log_params({"checkpoint": ck.path, "method": ck.payload["method"],
+                            "seeds": ",".join(map(str, cfg.seeds)), "backend": cfg.backend,
+                            "models": ",".join(cfg.models), "supervised_steps": cfg.supervised_steps,
+                            "max_clips_per_split": cfg.max_clips_per_split,
+                            "tasks": ",".join(i["task"] for i in infos)[:500]})
+        metrics = {re.sub(r"[^A-Za-z0-9_\-. /]", "_", f"{r['task']}/{r['model']}"): r["mean"]
+                   for r in rows}
+        metrics["bad_clips"] = sum(i["bad_clips"] for i in infos)
+        tracker.log_metrics(0, metrics)
         for p in paths.values():
-            mlflow.log_artifact(str(p))
-        return run.info.run_id, uri
+            tracker.log_file(str(p))
+        status = "FINISHED"
+        return tracker.run_id, uri
+    finally:
+        tracker.end(status)
 
 
 def evaluate(checkpoint: str, tasks: Sequence[str], out: str | os.PathLike = "runs/evaluate",

@@ -95,20 +95,28 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         self.run_id: str | None = None
 
-    def start(self, run_name: str, artifact_dir: str | Path | None = None,
-              run_id: str | None = None) -> str:
-        """A new run (or the existing ``run_id`` when resuming, set back to RUNNING)."""
+    def start(self, run_name: str | None, artifact_dir: str | Path | None = None,
+              run_id: str | None = None, experiment: str = EXPERIMENT,
+              tags: Mapping[str, Any] | None = None) -> str:
+        """A new run (or the existing ``run_id`` when resuming, set back to RUNNING).
+
+        Only ``MlflowClient`` calls: nothing here touches MLflow's process-global fluent state
+        (active run, active experiment), which would leak into the caller's own MLflow use.
+        """
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
             return run_id
-        exp = self.client.get_experiment_by_name(EXPERIMENT)
+        exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = Path(artifact_dir).resolve().as_uri() if artifact_dir else None
-            exp_id = self.client.create_experiment(EXPERIMENT, artifact_location=location)
+            exp_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id
-        self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+        secrets = secret_values()
+        self.run_id = self.client.create_run(
+            exp_id, run_name=run_name,
+            tags={k: redact(v, secrets) for k, v in (tags or {}).items()}).info.run_id
         return self.run_id
 
     def log_params(self, config: Mapping[str, Any]) -> None:

@@ -276,6 +276,7 @@ def test_evaluate_a_runs_uri_checkpoint_and_tag_its_run(offline_small, mlflow_se
     root, _ = offline_small
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_experiment("pretrain-stand-in")   # this server's own experiment, not one cached from another
     ck = tiny_checkpoint(tmp_path / "model.pt")
     with mlflow.start_run() as run:               # stands in for a pretraining run
         mlflow.log_artifact(str(ck), artifact_path="checkpoint")
