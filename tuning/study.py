@@ -112,6 +112,19 @@ def open_study_run(opts: StudyOptions) -> dict:
     return {**record, "tracking_uri": tracking_uri, "tracker": tracker}
 
 
+def close_stopped_trials(run: dict, status: str = "KILLED") -> int:
+    """Mark the study's trial runs still RUNNING in MLflow (trials a scheduler stopped or a
+    failure ended mid-fit: their driver never closed them) as ``status``; returns how many."""
+    client = run["tracker"].client
+    parent = client.get_run(run["mlflow_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'RUNNING'")
+    for child in children:
+        client.set_terminated(child.info.run_id, status=status)
+    return len(children)
+
+
 # ---- one trial ----------------------------------------------------------------------------------
 
 def trial_record_path(out: str | Path, key: str) -> Path:

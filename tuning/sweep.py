@@ -159,6 +159,7 @@ def finish_sweep(opts: StudyOptions, run: dict, grid, rungs: int, log: Callable 
         tracker.log_file(str(out / "best.yaml"))
         tracker.log_metrics(0, {"best_val_loss": float(best["val_loss"])})
     tracker.log_file(str(out / "results.csv"))
+    S.close_stopped_trials(run)
     tracker.end("FINISHED")
     (out / "sweep.json").write_text(json.dumps({"rows": rows, "best": best}, indent=1, default=str))
     for r in rows:

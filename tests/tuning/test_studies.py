@@ -157,3 +157,6 @@ def test_asha_sweep_stops_a_bad_trial_early(offline_small, tmp_path):
     assert by_lr[5.0]["status"] == "stopped early" and by_lr[5.0]["reports"] < 4
     best = (tmp_path / "sweep" / "best.yaml").read_text()
     assert "optim.lr: 0.001" in best
+    # no trial run is left RUNNING in MLflow: the stopped one is KILLED, the finished one FINISHED
+    children = _child_runs(res["tracking_uri"], res["mlflow_run_id"])
+    assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED"]
