@@ -72,5 +72,12 @@ def session_ledger():
     ctx = ray.get_runtime_context()
     key = (ctx.get_job_id(), ctx.get_node_id())
     if _SESSION is None or _SESSION[0] != key:
-        _SESSION = (key, Ledger.remote())
+        # On the caller's node, strictly (the driver's, or tympan pretrain's stream registry,
+        # itself pinned to the head node): a 0-CPU actor may otherwise land on any node, and a
+        # training run that loses that node loses every pipeline's ledger with it (seen in the
+        # node-removal check with a soft affinity on a loaded machine).
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(key[1], soft=False)
+        _SESSION = (key, Ledger.options(scheduling_strategy=here).remote())
     return _SESSION[1]

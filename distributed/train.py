@@ -619,6 +619,19 @@ class DataFeed:
         pass
 
 
+_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+_USER_START_TIMEOUT = os.environ.get(_START_TIMEOUT_ENV)     # read once, before tympan sets it
+
+
+def _head_node_id() -> str:
+    """The head node's id (this process's node when no head is marked, e.g. a cluster made
+    only of nodes that joined one another)."""
+    for n in ray.nodes():
+        if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {}):
+            return n["NodeID"]
+    return ray.get_runtime_context().get_node_id()
+
+
 class PipelineFeed(DataFeed):
     """The Ray Data pipeline (``tympan.distributed.pipeline``) behind a :class:`StreamRegistry`."""
 
@@ -654,10 +667,10 @@ class PipelineFeed(DataFeed):
         n_val = self.train.val_batches * self.train.batch_size
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        # On the driver's node: it holds the streams' ledgers, which must outlive any node the
-        # training workers may lose.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.registry = StreamRegistry.options(name=self.registry_name, scheduling_strategy=here).remote(
+        # On the head node (where a submitted job's driver runs): the registry and the pipeline
+        # ledger it starts beside it must outlive any node the training workers may lose.
+        pin = NodeAffinitySchedulingStrategy(_head_node_id(), soft=False)
+        self.registry = StreamRegistry.options(name=self.registry_name, scheduling_strategy=pin).remote(
             self.uri, self.method, self.method_cfg, self.pcfg, experiment_uri, self.train.val_data,
             max(n_val, 1))
         out: dict[str, Any] = {"train": StreamFactory(self.registry_name)}
@@ -800,9 +813,13 @@ def pretrain(spec: RunSpec, train: TrainConfig, method_cfg: Any, feed: DataFeed 
 
     datasets = feed.setup(exp_uri)
     # Ray Train gives a worker group 60 s to start; workers that import torch on a busy node
-    # (or pull an image) can take longer, and a start timeout costs a restart. The driver's
-    # value is propagated to the controller.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    # (or pull an image) can take longer, and a start timeout costs a restart. An elastic run
+    # gets less: right after a node dies the cluster's resource view still counts it for a few
+    # seconds, the controller asks for the old group size, and only the start timeout makes it
+    # settle for the workers that exist (measured: a node loss cost the full 600 s). The
+    # driver's value is propagated to the controller; a user's own setting wins.
+    os.environ[_START_TIMEOUT_ENV] = _USER_START_TIMEOUT or ("600" if spec.workers[0] == spec.workers[1]
+                                                             else "120")
     loop_config = {"method": spec.method, "method_cfg": to_dict(method_cfg), "train": to_dict(train),
                    "tracking_uri": tracking_uri, "run_id": run_id, "experiment_uri": exp_uri,
                    "threads": max(1, int(res["CPU"])), "streams": feed.registry_name,

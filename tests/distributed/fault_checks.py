@@ -15,8 +15,8 @@ with ``--address``; the test reads each worker's pid and the step from its log.
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,7 +31,7 @@ from train_helpers import PYTHON, cli_env, metric_history, read_summary, tiny, w
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 EVERY = 2          # checkpoint interval (steps)
-STEPS = 8
+STEPS = 30         # a quiet machine runs a step of the tiny model in ~0.1 s: room to land the fault
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def two_nodes():
 
 def _run(cluster, out: Path, data: Path, workers: str, on_checkpoint) -> tuple[int, list[str]]:
     """Run pretrain against ``cluster``; once the first checkpoint (step EVERY) is persisted
-    and every worker's pid is known, call ``on_checkpoint(pids)``: the fault hits a run that is
+    and every worker runs, call ``on_checkpoint(worker pids)``: the fault hits a run that is
     past a checkpoint and before its end."""
     argv = [PYTHON, "-u", "-m", "tympan", "pretrain", "--method", "triplet", "--data", str(data),
             "--address", cluster.address, "--workers", workers, "--out", str(out),
@@ -64,16 +64,12 @@ def _run(cluster, out: Path, data: Path, workers: str, on_checkpoint) -> tuple[i
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
-    first = out / "checkpoints" / out.name / f"step-{EVERY:08d}" / "checkpoint.pt"
+    snapshot = out / "checkpoints" / out.name / "checkpoint_manager_snapshot.json"
     n_workers = int(workers.split("-")[-1])
     deadline = time.time() + 1200
     while time.time() < deadline and proc.poll() is None:
-        pids = {}
-        for line in list(lines):
-            m = re.search(r"\[tympan\] rank (\d+)/\d+ pid (\d+)", line)
-            if m:
-                pids[int(m.group(1))] = int(m.group(2))
-        if first.exists() and len(pids) == n_workers:
+        pids = train_worker_pids(cluster)
+        if _registered_checkpoint(snapshot) and len(pids) == n_workers:
             on_checkpoint(pids)
             break
         time.sleep(0.2)
@@ -83,6 +79,41 @@ def _run(cluster, out: Path, data: Path, workers: str, on_checkpoint) -> tuple[i
     rc = proc.wait(timeout=1200)
     reader.join(timeout=30)
     return rc, lines
+
+
+def _registered_checkpoint(snapshot: Path) -> str | None:
+    """The newest checkpoint the Train controller has *registered* (its snapshot file), not
+    merely one a worker has written: a worker killed after writing ``step-N`` but before the
+    controller collected that report restarts from the previous registered checkpoint (from
+    scratch if none), which is Ray Train's contract and what the first version of this check
+    tripped over (it killed on the file's appearance and saw ``restarts == 0``)."""
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    except (OSError, ValueError):
+        return None
+    return latest and latest.get("checkpoint_dir_name")
+
+
+def train_worker_pids(cluster) -> list[int]:
+    """Pids of the Ray Train workers of *this* cluster: children of its raylets whose process
+    title is ``ray::RayTrainWorker`` (from /proc; the workers' own log lines reach the driver
+    too late on a loaded machine, and other clusters on the host have such workers too)."""
+    from ray._private import ray_constants
+
+    raylets = {p.process.pid for node in [cluster.head_node, *cluster.worker_nodes]
+               for p in node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET, [])}
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            title = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid in raylets and title.startswith("ray::RayTrainWorker"):
+            found.append(int(d.name))
+    return sorted(found)
 
 
 def _sessions(tracking: str, run_id: str):
@@ -98,8 +129,8 @@ def test_killed_worker_restores_latest_checkpoint(two_nodes, tmp_path):
     killed = []
 
     def kill(pids):
-        killed.append(pids[1])
-        os.kill(pids[1], signal.SIGKILL)
+        killed.append(pids[-1])
+        os.kill(pids[-1], signal.SIGKILL)
 
     rc, lines = _run(cluster, tmp_path / "run", data, "2", kill)
     assert rc == 0, "".join(lines[-80:])
