@@ -211,3 +211,21 @@ def test_bench_measures_the_ingest_against_pyarrow(tmp_path):
     assert r["frames"] == r["plain_rows"] == 6000 and r["files"] == 2
     assert r["ingest_frames_per_s"] > 0 and r["pyarrow_frames_per_s"] > 0
     assert r["ingest_over_pyarrow"] == pytest.approx(r["ingest_frames_per_s"] / r["pyarrow_frames_per_s"])
+
+
+def test_bench_only_spectra_rewrites_its_own_section(tmp_path):
+    """`tympan bench data --only spectra` measures the ingest alone and replaces its section of
+    the report in place, keeping every other section (run twice: still one section)."""
+    from tympan.cli import main
+
+    md = tmp_path / "benchmarks.md"
+    md.write_text("# Benchmarks\n\n## Sharding\n\nkept\n\n## Memory: the stream 10x longer\n\nalso kept\n")
+    for _ in range(2):
+        assert main(["bench", "data", "--only", "spectra", "--quick", "--repeats", "1",
+                     "--out", str(md), "--json", str(tmp_path / "r.json")]) == 0
+    text = md.read_text()
+    assert text.count("## Sensor CSV ingest") == 1 and "kept\n" in text and "also kept\n" in text
+    assert text.index("## Sharding") < text.index("## Sensor CSV ingest") < text.index("## Memory")
+    r = json.loads((tmp_path / "r.json").read_text())["spectra_ingest"]
+    assert r["frames"] == r["plain_rows"] == 40_000
+    assert f"ratio {r['ingest_over_pyarrow']:.2f}" in text
