@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any, Iterator
@@ -82,6 +83,7 @@ class SpectraReport(IngestReport):
         return "\n".join(lines)
 
 
+@lru_cache(maxsize=4096)
 def _band_of(name: str) -> int | None:
     m = _FREQ_NAME.match(name)
     if not m:
@@ -215,11 +217,40 @@ def _same(n: int, value: str) -> np.ndarray:
     return a
 
 
+def _after_newline(view: memoryview, start: int) -> int:
+    """The offset just after the first newline at or after ``start`` (the end if none)."""
+    for a in range(start, len(view), 1 << 20):
+        i = bytes(view[a:a + (1 << 20)]).find(b"\n")
+        if i >= 0:
+            return a + i + 1
+    return len(view)
+
+
 def _chunks(uri: str, block_size: int) -> Iterator[memoryview]:
     """The file after its header line, in pieces of about ``block_size`` bytes, each ending
     at a line end (the CSV reader is told values hold no newlines, so a newline always ends
-    a row and a piece is always whole rows). Each piece is read once and handed on without a
-    copy; the partial line after its last newline is read again with the next piece."""
+    a row and a piece is always whole rows). Pieces are handed on without a copy: a local
+    file is memory-mapped; a remote one is read piece by piece, the partial line after a
+    piece's last newline read again with the next."""
+    if storage.is_local(uri):
+        try:
+            mm = pa.memory_map(storage.local_path(uri))
+        except (OSError, pa.ArrowException):     # empty or unmappable: read it instead
+            mm = None
+        if mm is not None:
+            with mm:
+                view = memoryview(mm.read_buffer())
+                size = len(view)
+                pos = _after_newline(view, 0)
+                while pos < size:
+                    end = min(pos + block_size, size)
+                    if end < size:               # back to the last newline in the piece's tail
+                        tail = max(pos, end - (1 << 16))
+                        back = bytes(view[tail:end]).rfind(b"\n")
+                        end = tail + back + 1 if back >= 0 else _after_newline(view, end)
+                    yield view[pos:end]
+                    pos = end
+            return
     with storage.open_input(uri) as f:
         f.readline()
         pos = f.tell()
@@ -416,17 +447,20 @@ def continuous_runs(blocks: Iterator[Frames], report: SpectraReport,
             prev_t = np.concatenate([[run.t_last if run else np.nan], t[:-1]])
             step = t - prev_t
             dup = step == 0
+            n_dup = 0
             if dup.any():                         # the levels of the (few) rows with a repeated time
                 j = np.flatnonzero(dup)
                 prev_lv = lv[np.maximum(j - 1, 0)]
                 if j[0] == 0:
                     prev_lv[0] = run.last_levels
                 dup[j] = (lv[j] == prev_lv).all(1)
-            report.dropped["repeated row"] = report.dropped.get("repeated row", 0) + int(dup.sum())
-            keep = ~dup
-            t, lv, ln, step = t[keep], lv[keep], ln[keep], step[keep]
-            # the step to the previous KEPT frame (a dropped duplicate has the same time)
-            step = t - np.concatenate([[run.t_last if run else np.nan], t[:-1]])
+                n_dup = int(dup.sum())
+            report.dropped["repeated row"] = report.dropped.get("repeated row", 0) + n_dup
+            if n_dup:
+                keep = ~dup
+                t, lv, ln = t[keep], lv[keep], ln[keep]
+                # the step to the previous KEPT frame (a dropped duplicate has the same time)
+                step = t - np.concatenate([[run.t_last if run else np.nan], t[:-1]])
             steps.append(step[(step > 0) & (step < 1.5 * period)])
             gap = step > 1.5 * period
             report.gaps += int(gap.sum())

@@ -205,3 +205,23 @@ def test_block_size_changes_nothing_and_clean_blocks_skip_the_text_pass(tmp_path
     assert rep2.dropped == rep1.dropped and rep1.dropped["repeated row"] == 3000 // 97 + 1
     # breaks: each refused frame leaves a 0.25-s gap, and the 50-s clock jump at frame 1800
     assert runs2 == runs1 and len(runs1) == 5 and p1 == p2 == 0.125
+
+
+def test_a_csv_on_s3_reads_like_the_local_file(tmp_path, s3_server, s3_bucket):
+    """Local files are memory-mapped, remote ones read piece by piece: same frames, same
+    refused lines (small pieces, so several end inside the faults)."""
+    from tympan.datasets import storage
+    from tympan.datasets.formats import spectra
+
+    write_faulty(tmp_path / "sensor-07.csv")
+    remote = f"s3://{s3_bucket}/sensors/sensor-07.csv"
+    storage.write_bytes_atomic(remote, (tmp_path / "sensor-07.csv").read_bytes())
+    got = {}
+    for uri in (str(tmp_path / "sensor-07.csv"), remote):
+        report = spectra.SpectraReport("spectra", uri)
+        blocks = list(spectra.read_frames(uri, report, block_size=1024))
+        got[uri] = (np.concatenate([b.line for b in blocks]), np.concatenate([b.levels for b in blocks]),
+                    [r.split(uri, 1)[1] for r in report.rejected], blocks[0].sensor[0])
+    (la, va, ra, sa), (lb, vb, rb, sb) = got.values()
+    assert len(la) > 60 and np.array_equal(la, lb) and np.array_equal(va, vb)
+    assert ra == rb and len(ra) == 6 and sa == sb == "sensor-07"
