@@ -321,10 +321,10 @@ def read_frames(uri: str, report: SpectraReport, *, time_column: str | None = No
     first_line = 2                          # the file's line number of the block's first line
     for chunk in _chunks(uri, block_size):
         if not mode:
-            head = bytes(chunk[:1 << 16])
-            head_tab, _ = _parse(head[:head.rfind(b"\n") + 1] or chunk, header,
+            peek = bytes(chunk[:1 << 16])       # the first rows, as text
+            peek_tab, _ = _parse(peek[:peek.rfind(b"\n") + 1] or chunk, header,
                                  {c: pa.string() for c in header}, threads=False)
-            mode, typed[tcol] = _time_mode(head_tab.column(tcol))
+            mode, typed[tcol] = _time_mode(peek_tab.column(tcol))
         try:
             tab, refused = _parse(chunk, header, typed, threads=True, include=used)
             frames = None if refused else _clean(tab, tcol, cols, sensor_column, default_sensor,

@@ -145,7 +145,10 @@ def test_slices_follow_the_gap_policy(sensor_shards, policy):
 
 def test_reject_keeps_sensor_frames_exact(sensor_shards):
     """The views a method sees are the sensor's own frames (float16 precision), drawn inside
-    one slice: Audio2Vec's target slice equals the CSV levels at the times it came from."""
+    one slice: Audio2Vec's target slice equals the CSV levels at the times it came from,
+    centred on their own mean in 10 dB units (methods.base.centre_levels)."""
+    from tympan.methods.base import LEVEL_SCALE_DB
+
     root = sensor_shards[0]
     p, batches = stream(root, "reject", method="audio2vec-cbow")
     b = batches[0]
@@ -154,8 +157,9 @@ def test_reject_keeps_sensor_frames_exact(sensor_shards):
         sensor = str(sid).split("@")[0]
         idx = np.rint((t - T0) / P).astype(int)
         frames = np.stack([levels(sensor, i) for i in idx])          # the slice's CSV levels
-        # the target is 8 consecutive frames of the slice
-        match = [k for k in range(WIDTH - 7) if np.allclose(frames[k:k + 8], target, atol=0.06)]
+        # the target is 8 consecutive frames of the slice (float16: 0.06 dB -> 0.006 units)
+        centred = [(frames[k:k + 8] - frames[k:k + 8].mean()) / LEVEL_SCALE_DB for k in range(WIDTH - 7)]
+        match = [k for k, c in enumerate(centred) if np.allclose(c, target, atol=0.01)]
         assert match, sid
 
 
@@ -170,6 +174,16 @@ def test_spectra_source_refuses_audio_front_end(sensor_shards):
     with pytest.raises(ConfigError, match="slice methods"):
         build_pipeline(f"spectra:{root / 'shards'}", "l3", None, PipelineConfig(batch_size=4),
                        epochs=1)
+
+
+def test_third_octave_views_refuse_a_device_front_end(tmp_path):
+    """Third-octave views are centred per view in the sampler (methods.base.centre_levels);
+    a device front end would ship raw waveforms past that step: refused, for audio too."""
+    from tympan.config import ConfigError
+
+    with pytest.raises(ConfigError, match="centre_levels"):
+        build_pipeline(str(tmp_path), "temporal-gap", sensor_config("temporal-gap"),
+                       PipelineConfig(batch_size=4, frontend="device"), epochs=1)
 
 
 @pytest.mark.slow          # ~3 min each on 2 loaded cores (Ray Train start-up), like test_train.py
