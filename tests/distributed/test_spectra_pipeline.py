@@ -186,7 +186,10 @@ def test_third_octave_views_refuse_a_device_front_end(tmp_path):
                        PipelineConfig(batch_size=4, frontend="device"), epochs=1)
 
 
-@pytest.mark.slow          # ~3 min each on 2 loaded cores (Ray Train start-up), like test_train.py
+# ~60 s each on 2 cores at load 9 (3 min at load 30+): ~35 s of it is Ray Train bringing up
+# its controller and 2-worker group, ~10 s the stream's start; the 4 steps of 8 samples take
+# about a second, so fewer steps or less data would not make it cheaper.
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["audio2vec-cbow", "temporal-gap"])
 def test_two_worker_pretrain_on_sensor_shards(sensor_shards, method, tmp_path):
     """`tympan pretrain --preset sensor --data spectra:DIR` on 2 Ray Train workers: the run
