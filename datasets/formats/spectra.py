@@ -6,7 +6,9 @@ main fault: sensors go down, clocks jump, rows repeat. A manifest row here is on
 run* of frames of one sensor; slicing into samples happens later and never straddles a run
 boundary.
 
-Reading (pyarrow's CSV engine, streamed in blocks, so a year of one sensor is minutes):
+Reading (pyarrow's CSV engine, in typed blocks checked on whole columns; only a block holding
+a fault is read again as text to name its lines: :func:`read_frames`), so a year of one sensor
+is minutes:
 - the time column: ``time_column`` or the first column named like time/timestamp/date; ISO 8601
   strings or epoch seconds / milliseconds (told apart by magnitude);
 - band columns: ``bands`` as a comma list of column names or a regular expression whose first
@@ -171,6 +173,8 @@ def _time_mode(col: pa.Array) -> tuple[str, pa.DataType]:
     finite = num[np.isfinite(num)]
     if finite.size * 2 >= max(len(num), 1) and finite.size:
         return ("ms" if np.median(np.abs(finite)) > 1e11 else "s"), pa.float64()
+    # over the values that parse (an empty line or a bad time in the first rows says nothing)
+    text = text[pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce").notna().to_numpy()]
     zoned = text.str.contains(_ZONE).to_numpy(bool)
     if zoned.all():
         return "iso", pa.timestamp("ns", tz="UTC")
