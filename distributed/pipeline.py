@@ -413,6 +413,10 @@ def build_pipeline(source: DataSource | str, method: str, method_cfg: Any = None
     if cfg.frontend == "device" and method == "triplet" and method_cfg.p_shift > 0:
         raise ConfigError("frontend", "device", "triplet's p_shift rolls the log-mel after the "
                           "front end; use frontend='cpu' or p_shift=0")
+    if cfg.frontend == "device" and getattr(getattr(method_cfg, "frontend", None), "kind", None) == "third-octave":
+        raise ConfigError("frontend", "device", "the third-octave front end is a scipy filter bank "
+                          "(CPU) and its views are centred per slice in the sampler "
+                          "(tympan.methods.base.centre_levels); use frontend='cpu'")
     if epochs is not None:
         check(epochs >= 1, "epochs", epochs, "must be >= 1 (or None)")
     if isinstance(source, str):

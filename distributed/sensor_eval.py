@@ -58,7 +58,7 @@ def embed_levels(model, levels: np.ndarray, batch: int = 256) -> np.ndarray:
     for a in range(0, len(levels), batch):
         x = torch.as_tensor(levels[a:a + batch], dtype=torch.float32)
         emb, _ = window_embed(x, model.encoder, _window_frames(cfg), cfg.embed_hop_frames,
-                              cfg.frontend.frames_per_second)
+                              cfg.frontend.frames_per_second, cfg.frontend)
         out.append(emb.mean(1).numpy())
     return np.concatenate(out)
 

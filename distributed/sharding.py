@@ -350,7 +350,10 @@ def shard_manifest(manifest_uri: str, out_uri: str, *, shard_size: int = 256,
         # workers at nice 15, so on a machine shared with other work they got a fraction of a
         # core each against a plain loop at nice 0 (issue 9 point 6); a cluster we join keeps
         # its own settings.
-        own = address in (None, "", "local")
+        # address None would join any cluster already running on this machine (and refuse
+        # _system_config there): like tympan pretrain, start our own unless told otherwise.
+        address = address or "local"
+        own = address == "local"
         extra = {"_system_config": {"worker_niceness": 0}} if own else {}
         ray.init(address=address, configure_logging=False, **extra)
     t0 = time.perf_counter()             # after start-up: clips/s measures the job itself

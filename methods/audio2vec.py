@@ -114,7 +114,8 @@ class _Audio2Vec(Method):
     def embed_frames(self, wave: Tensor) -> tuple[Tensor, Tensor]:
         feats = self.frontend(wave)                                  # [B, T_total, F]
         return window_embed(feats, self.encoder, self.cfg.slice_frames,
-                            self.cfg.embed_hop_frames, self.cfg.frontend.frames_per_second)
+                            self.cfg.embed_hop_frames, self.cfg.frontend.frames_per_second,
+                            self.cfg.frontend)
 
 
 class Audio2VecCBoW(_Audio2Vec):

@@ -176,8 +176,46 @@ def logmel(frontend_cfg: Any, waves: np.ndarray) -> np.ndarray:
 
     table = _FRAME_TABLE.get()
     if table is not None:
-        return _proxy_frames(frontend_cfg, table, waves)
-    return frontend_numpy(frontend_cfg, np.asarray(waves, dtype=np.float32)).astype(np.float32)
+        return centre_levels(frontend_cfg, _proxy_frames(frontend_cfg, table, waves))
+    waves = np.asarray(waves, dtype=np.float32)
+    feats = frontend_numpy(frontend_cfg, waves).astype(np.float32)
+    if feats.ndim == waves.ndim:          # deferred to the device: waveforms, not features
+        return feats
+    return centre_levels(frontend_cfg, feats)
+
+
+# ---- third-octave levels into the encoders ---------------------------------------------------
+LEVEL_SCALE_DB = 10.0
+
+
+def centre_levels(frontend_cfg: Any, feats):
+    """Third-octave views ``[..., T, 29]`` (numpy or torch) as every slice method's encoder and
+    Audio2Vec's reconstruction target see them: each view minus its own mean level (over its
+    T frames and 29 bands), in units of ``LEVEL_SCALE_DB`` = 10 dB. Other front ends (log-mel:
+    the papers' inputs) pass unchanged.
+
+    Why per-view mean removal, not a fixed offset and scale such as ``(L - 60) / 20``:
+    - third-octave frames are absolute levels (30-100 dB) whose slice mean is nearly constant
+      over a clip: raw, it dominates Audio2Vec's MSE target (a 10-s clip's level varies by a
+      few dB, clips by tens), and CBoW/SkipGram score well by copying the context's level —
+      a clip-constant cue that teaches nothing about the sounds. A fixed offset would fix the
+      scale (docs/sensor.md: CBoW's decoder spent its steps learning a ~55 dB offset) but keep
+      the cue; removing each view's own mean takes it out of inputs and targets alike.
+    - the absolute level is not comparable between the two sources one encoder serves:
+      sensors write calibrated dB SPL, audio through the front end reads dB re digital full
+      scale + ``ref_db`` (94 dB), shifted by whatever gain the recording had. Centred views
+      are the same whatever that offset, so an encoder pretrained on audio applies to
+      sensor frames.
+    - the scale is fixed (10 dB), not the view's own standard deviation, which would blow up
+      the noise of a steady view and erase how loud an event is against its background.
+    What it costs: embeddings ignore a view's overall level (band-to-band and frame-to-frame
+    differences stay); a task that needs loudness gets it from the third-octave statistics.
+    """
+    if frontend_cfg is None or frontend_cfg.kind != "third-octave":
+        return feats
+    if isinstance(feats, Tensor):
+        return (feats - feats.mean(dim=(-2, -1), keepdim=True)) / LEVEL_SCALE_DB
+    return ((feats - feats.mean(axis=(-2, -1), keepdims=True)) / LEVEL_SCALE_DB).astype(np.float32)
 
 
 # ---- sensor spectra: views drawn inside slices of precomputed frames -------------------------
@@ -232,12 +270,13 @@ def _proxy_frames(frontend_cfg: Any, table: np.ndarray, waves: np.ndarray) -> np
 
 
 def window_embed(features: Tensor, encode, win: int, hop: int,
-                 frames_per_second: float) -> tuple[Tensor, Tensor]:
+                 frames_per_second: float, frontend: Any = None) -> tuple[Tensor, Tensor]:
     """Sliding-window embeddings for the slice encoders.
 
     ``features`` [B, T, F] -> windows of ``win`` frames every ``hop`` frames (the features are
     loop-padded along time when T < win) -> ``encode([B*T', win, F]) -> [B*T', D]`` ->
-    (embeddings [B, T', D], window-centre times in ms [B, T'])."""
+    (embeddings [B, T', D], window-centre times in ms [B, T']). ``frontend``: the method's
+    front-end config; third-octave windows are centred as in training (:func:`centre_levels`)."""
     b, t, _ = features.shape
     if t < win:
         reps = -(-win // t)
@@ -245,6 +284,7 @@ def window_embed(features: Tensor, encode, win: int, hop: int,
         t = win
     windows = features.unfold(1, win, hop).transpose(2, 3)     # [B, T', win, F]
     n_win = windows.shape[1]
+    windows = centre_levels(frontend, windows)
     emb = encode(windows.reshape(b * n_win, win, -1)).view(b, n_win, -1)
     centres = (torch.arange(n_win, dtype=torch.float32) * hop + (win - 1) / 2) / frames_per_second
     return emb, (centres * 1000.0).unsqueeze(0).expand(b, -1).to(emb.device)

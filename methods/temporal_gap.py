@@ -144,4 +144,5 @@ class TemporalGap(Method):
 
     def embed_frames(self, wave: Tensor) -> tuple[Tensor, Tensor]:
         return window_embed(self.frontend(wave), self.encoder, self.cfg.slice_frames,
-                            self.cfg.embed_hop_frames, self.cfg.frontend.frames_per_second)
+                            self.cfg.embed_hop_frames, self.cfg.frontend.frames_per_second,
+                            self.cfg.frontend)

@@ -109,10 +109,19 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
 
     cpus = tuple(int(c) for c in args.cpus.split(",")) if args.cpus else ()
     res = run_bench_data(BenchDataConfig(quick=args.quick, cpus=cpus, offline=args.offline,
-                                         work=args.work, repeats=args.repeats))
+                                         work=args.work, repeats=args.repeats, only=args.only))
     if args.json:
         with open(args.json, "w") as f:
             f.write(to_json(res))
+    if args.only:             # one section: rewritten in place, the rest of the report kept
+        from tympan.distributed.bench import spectra_section, write_spectra_section
+        md = args.out or (None if args.quick else "docs/benchmarks.md")
+        command = " ".join(["tympan bench data --only spectra", *filter(None, [
+            "--quick" if args.quick else "", f"--repeats {args.repeats}" if args.repeats else ""])])
+        if md:
+            write_spectra_section(res, md, command)
+        print("\n".join(spectra_section(res)))
+        return 0
     md = args.out or (None if args.quick else "docs/benchmarks.md")
     if md:
         flags = [f"--cpus {args.cpus}" if args.cpus else "", f"--offline {args.offline}" if args.offline
@@ -493,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the generated WAVs and shards here (default: a temporary folder)")
     bd.add_argument("--repeats", type=int, default=0,
                     help="interleaved rounds, median kept (default 3; quick 1)")
+    bd.add_argument("--only", default=None, choices=["spectra"],
+                    help="one section alone: 'spectra' = the sensor CSV ingest vs plain pyarrow "
+                         "(no Ray; its section of the report is rewritten, the rest kept)")
     bt = _bench_command(bsub, "train", "training throughput: Ray Train loop vs plain PyTorch per "
                         "method, data-wait fraction with the pipeline", _cmd_bench_train)
     bt.add_argument("--methods", nargs="*", default=None, help="methods (default: all nine)")

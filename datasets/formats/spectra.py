@@ -6,7 +6,9 @@ main fault: sensors go down, clocks jump, rows repeat. A manifest row here is on
 run* of frames of one sensor; slicing into samples happens later and never straddles a run
 boundary.
 
-Reading (pyarrow's CSV engine, streamed in blocks, so a year of one sensor is minutes):
+Reading (pyarrow's CSV engine, in typed blocks checked on whole columns; only a block holding
+a fault is read again as text to name its lines: :func:`read_frames`), so a year of one sensor
+is minutes:
 - the time column: ``time_column`` or the first column named like time/timestamp/date; ISO 8601
   strings or epoch seconds / milliseconds (told apart by magnitude);
 - band columns: ``bands`` as a comma list of column names or a regular expression whose first
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any, Iterator
@@ -82,6 +85,7 @@ class SpectraReport(IngestReport):
         return "\n".join(lines)
 
 
+@lru_cache(maxsize=4096)
 def _band_of(name: str) -> int | None:
     m = _FREQ_NAME.match(name)
     if not m:
@@ -148,27 +152,53 @@ class Frames:
     line: np.ndarray          # int64 [N], 1-based line numbers in the file
 
 
-def _epoch_seconds(col: pa.Array, mode: list[str]) -> np.ndarray:
-    """float64 epoch seconds, NaN where a value does not parse. Whether the file's times are
-    ISO 8601, epoch seconds or epoch milliseconds is decided on its first block (``mode``)."""
+_ZONE = re.compile(r"(?:Z|[+-]\d\d(?::?\d\d)?)\s*$", re.I)
+
+
+def _ns_to_seconds(ns: np.ndarray) -> np.ndarray:
+    """int64 ns since the epoch -> float64 seconds. The one formula both readers use, so the
+    same text gives the same bits whichever reader saw it (repeats are found by equality)."""
+    return ns.astype(np.float64) / 1e9
+
+
+def _time_mode(col: pa.Array) -> tuple[str, pa.DataType]:
+    """How a file writes its times, decided on its first rows (as text): ``iso``, epoch ``s``
+    or ``ms`` (told apart by magnitude), and the type the typed reader parses them as
+    (ISO with a zone on every value -> UTC timestamps; on none -> naive timestamps, taken as
+    UTC; mixed -> text, parsed by pandas)."""
     import pandas as pd
 
-    try:
-        num = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):      # some rows are not numbers
-        num = pd.to_numeric(pd.Series(col.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
-    if not mode:
-        finite = num[np.isfinite(num)]
-        if finite.size * 2 < len(num):
-            mode.append("iso")
-        else:
-            mode.append("ms" if np.median(np.abs(finite)) > 1e11 else "s")
-    if mode[0] != "iso":
-        return num / (1000.0 if mode[0] == "ms" else 1.0)
+    text = pd.Series(col.to_numpy(zero_copy_only=False), dtype=object).dropna().astype(str)
+    num = pd.to_numeric(text, errors="coerce").to_numpy(np.float64)
+    finite = num[np.isfinite(num)]
+    if finite.size * 2 >= max(len(num), 1) and finite.size:
+        return ("ms" if np.median(np.abs(finite)) > 1e11 else "s"), pa.float64()
+    # over the values that parse (an empty line or a bad time in the first rows says nothing)
+    text = text[pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce").notna().to_numpy()]
+    zoned = text.str.contains(_ZONE).to_numpy(bool)
+    if zoned.all():
+        return "iso", pa.timestamp("ns", tz="UTC")
+    return "iso", (pa.timestamp("ns") if not zoned.any() else pa.string())
+
+
+def _epoch_seconds(col: pa.Array | pa.ChunkedArray, mode: str) -> np.ndarray:
+    """float64 epoch seconds, NaN where a value does not parse (``mode`` from :func:`_time_mode`)."""
+    import pandas as pd
+
+    if pa.types.is_timestamp(col.type):
+        ns = pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
+        return _ns_to_seconds(ns)
+    if mode != "iso":
+        try:
+            num = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):      # some rows are not numbers
+            num = pd.to_numeric(pd.Series(col.to_numpy(zero_copy_only=False)), errors="coerce").to_numpy(np.float64)
+        return num / (1000.0 if mode == "ms" else 1.0)
     ts = pd.to_datetime(pd.Series(col.to_numpy(zero_copy_only=False)), utc=True, format="ISO8601",
                         errors="coerce")
-    # seconds since the epoch whatever pandas' resolution (us or ns); NaT -> NaN
-    return ((ts - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(np.float64, na_value=np.nan)
+    bad = ts.isna().to_numpy()
+    ns = ts.dt.tz_convert(None).to_numpy("datetime64[ns]").view(np.int64)
+    return np.where(bad, np.nan, _ns_to_seconds(ns))
 
 
 def _levels(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -184,11 +214,100 @@ def _levels(col: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         return v.astype(np.float32), np.isnan(v) & ~text_nan
 
 
+def _same(n: int, value: str) -> np.ndarray:
+    """object [n], every item the same str object (cheap to build and to compare)."""
+    a = np.empty(n, dtype=object)
+    a.fill(value)
+    return a
+
+
+def _after_newline(view: memoryview, start: int) -> int:
+    """The offset just after the first newline at or after ``start`` (the end if none)."""
+    for a in range(start, len(view), 1 << 20):
+        i = bytes(view[a:a + (1 << 20)]).find(b"\n")
+        if i >= 0:
+            return a + i + 1
+    return len(view)
+
+
+def _chunks(uri: str, block_size: int) -> Iterator[memoryview]:
+    """The file after its header line, in pieces of about ``block_size`` bytes, each ending
+    at a line end (the CSV reader is told values hold no newlines, so a newline always ends
+    a row and a piece is always whole rows). Pieces are handed on without a copy: a local
+    file is memory-mapped; a remote one is read piece by piece, the partial line after a
+    piece's last newline read again with the next."""
+    if storage.is_local(uri):
+        try:
+            mm = pa.memory_map(storage.local_path(uri))
+        except (OSError, pa.ArrowException):     # empty or unmappable: read it instead
+            mm = None
+        if mm is not None:
+            with mm:
+                view = memoryview(mm.read_buffer())
+                size = len(view)
+                pos = _after_newline(view, 0)
+                while pos < size:
+                    end = min(pos + block_size, size)
+                    if end < size:               # back to the last newline in the piece's tail
+                        tail = max(pos, end - (1 << 16))
+                        back = bytes(view[tail:end]).rfind(b"\n")
+                        end = tail + back + 1 if back >= 0 else _after_newline(view, end)
+                    yield view[pos:end]
+                    pos = end
+            return
+    with storage.open_input(uri) as f:
+        f.readline()
+        pos = f.tell()
+        size = block_size
+        while True:
+            f.seek(pos)
+            data = f.read(size)
+            if len(data) < size:                 # the end of the file
+                if data:
+                    yield memoryview(data)
+                return
+            cut = data.rfind(b"\n") + 1
+            if not cut:                          # a line longer than the block: read more
+                size *= 2
+                continue
+            yield memoryview(data)[:cut]
+            pos += cut
+            size = block_size
+
+
+def _parse(chunk: bytes | memoryview, header: list[str], types: dict[str, pa.DataType], *, threads: bool,
+           include: list[str] | None = None, strings_can_be_null: bool = False
+           ) -> tuple[pa.Table, list[Any]]:
+    """One piece -> (table of the rows with the header's column count, the refused rows as
+    pyarrow hands them: ``number`` (1-based in the piece, None when read with threads),
+    ``actual_columns``, ``expected_columns``). Raises ArrowInvalid when a typed value does not
+    convert."""
+    refused: list[Any] = []
+
+    def invalid(row) -> str:
+        refused.append(row)
+        return "skip"
+
+    tab = pacsv.read_csv(
+        pa.BufferReader(pa.py_buffer(chunk)),
+        read_options=pacsv.ReadOptions(column_names=header, use_threads=threads),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=invalid, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(column_types=types, include_columns=include,
+                                             null_values=[""], strings_can_be_null=strings_can_be_null))
+    return tab, refused
+
+
 def read_frames(uri: str, report: SpectraReport, *, time_column: str | None = None,
                 bands: str | None = None, sensor_column: str | None = None,
                 block_size: int = 16 << 20) -> Iterator[Frames]:
     """Well-formed rows of one sensor CSV, block by block; malformed rows are refused into
-    ``report`` (``file:line: reason``). Shared by ingest and by the shard writer."""
+    ``report`` (``file:line: reason``). Shared by ingest and by the shard writer.
+
+    Each block of ``block_size`` bytes is parsed by pyarrow with typed columns (levels float64,
+    times as timestamps or numbers; multithreaded) and checked on whole columns. Only a block
+    that is not clean (a value that does not convert, a refused column count, a NaN, empty or
+    impossible value) is read again, serially and as text, to name each refused line with its
+    number and its text: a faulty block costs two reads, a clean one a single typed read."""
     with storage.open_input(uri) as f:
         head = f.readline().decode("utf-8", "replace").strip("\r\n")
     header = [h.strip() for h in head.split(",")]
@@ -197,59 +316,112 @@ def read_frames(uri: str, report: SpectraReport, *, time_column: str | None = No
     if sensor_column and sensor_column not in header:
         raise MetadataError(uri, 1, f"sensor column {sensor_column!r} not in the header {header}")
     default_sensor = PurePosixPath(uri.rstrip("/")).stem
-    skipped: list[int] = []
+    used = list(dict.fromkeys([tcol, *cols, *([sensor_column] if sensor_column else [])]))
+    typed: dict[str, pa.DataType] = {c: pa.float64() for c in cols}
+    typed[tcol] = pa.string()               # until the first block says how times are written
+    if sensor_column:
+        typed[sensor_column] = pa.string()
+    mode = ""
+    first_line = 2                          # the file's line number of the block's first line
+    for chunk in _chunks(uri, block_size):
+        if not mode:
+            peek = bytes(chunk[:1 << 16])       # the first rows, as text
+            peek_tab, _ = _parse(peek[:peek.rfind(b"\n") + 1] or chunk, header,
+                                 {c: pa.string() for c in header}, threads=False)
+            mode, typed[tcol] = _time_mode(peek_tab.column(tcol))
+        try:
+            tab, refused = _parse(chunk, header, typed, threads=True, include=used)
+            frames = None if refused else _clean(tab, tcol, cols, sensor_column, default_sensor,
+                                                 mode, first_line)
+        except pa.ArrowInvalid:                 # a value that is not a number / time
+            frames = None
+        if frames is None:
+            tab, refused = _parse(chunk, header, {c: pa.string() for c in header}, threads=False)
+            frames = _checked(uri, report, tab, refused, header, tcol, cols, sensor_column,
+                              default_sensor, mode, first_line)
+        first_line += tab.num_rows + len(refused)
+        yield frames
 
-    def invalid(row) -> str:
-        skipped.append(row.number)
-        report.refuse(uri, row.number, f"{row.actual_columns} columns, expected "
-                      f"{row.expected_columns}", "wrong column count")
-        return "skip"
 
-    unit: list[str] = []
-    done = 0          # rows delivered by the reader so far (well-formed or not)
-    with storage.open_input(uri) as f:
-        reader = pacsv.open_csv(
-            f, read_options=pacsv.ReadOptions(use_threads=False, block_size=block_size),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=invalid, ignore_empty_lines=False),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}))
-        for batch in reader:
-            n = batch.num_rows
-            # line of kept row j: j + 2 + (skipped lines before it)
-            idx = np.arange(done, done + n)
-            s = np.asarray(sorted(skipped), dtype=np.int64)
-            before = s - 2 - np.arange(len(s))
-            lines = idx + 2 + np.searchsorted(before, idx, side="right")
-            done += n
-            tab = batch
-            t = _epoch_seconds(tab.column(tcol), unit)
-            lv = np.empty((n, len(cols)), np.float32)
-            bad_text = np.zeros(n, bool)
-            for k, c in enumerate(cols):
-                lv[:, k], nan_text = _levels(tab.column(c))
-                bad_text |= nan_text
-            empty = np.ones(n, bool)
-            for c in header:
-                empty &= (pc.utf8_length(pc.fill_null(tab.column(c), "")).to_numpy(zero_copy_only=False) == 0)
-            ok = np.ones(n, bool)
-            for mask, kind in ((empty, "empty line"), (~empty & ~np.isfinite(t), "bad timestamp"),
-                               (~empty & bad_text, "non-numeric level"),
-                               (~empty & ~bad_text & np.isnan(lv).any(1), "NaN level"),
-                               (~empty & ~bad_text & ((lv < LEVEL_RANGE_DB[0]) | (lv > LEVEL_RANGE_DB[1])).any(1),
-                                "impossible level")):
-                hit = mask & ok
-                for j in np.flatnonzero(hit):
-                    detail = kind
-                    if kind == "bad timestamp":
-                        detail = f"bad timestamp {tab.column(tcol)[j].as_py()!r}"
-                    elif kind in ("non-numeric level", "impossible level", "NaN level"):
-                        k = int(np.flatnonzero(~np.isfinite(lv[j]) | (lv[j] < LEVEL_RANGE_DB[0])
-                                               | (lv[j] > LEVEL_RANGE_DB[1]))[0])
-                        detail = f"{kind} {tab.column(cols[k])[j].as_py()!r} in column {cols[k]!r}"
-                    report.refuse(uri, int(lines[j]), detail, kind)
-                ok &= ~hit
-            sensor = (np.asarray(tab.column(sensor_column).to_pylist(), dtype=object) if sensor_column
-                      else np.full(n, default_sensor, dtype=object))
-            yield Frames(sensor[ok], t[ok], lv[ok], lines[ok])
+def _clean(tab: pa.Table, tcol: str, cols: list[str], sensor_column: str | None,
+           default_sensor: str, mode: str, first_line: int) -> Frames | None:
+    """The typed block as Frames, or None when any row needs a refusal (the caller then reads
+    it as text to name them)."""
+    n = tab.num_rows
+    if any(tab.column(c).null_count for c in [tcol, *cols]):
+        return None                               # an empty line or value
+    t = _epoch_seconds(tab.column(tcol), mode)
+    lv = np.empty((n, len(cols)), np.float32)
+    r0 = 0
+    for batch in tab.select(cols).to_batches():   # batch by batch: the temporaries stay in cache
+        r1 = r0 + batch.num_rows
+        lv[r0:r1] = np.vstack([batch.column(k).to_numpy() for k in range(len(cols))]).T   # [B, F]
+        r0 = r1
+    # NaN fails both comparisons (min/max propagate it), inf the range
+    if n and not (np.isfinite(t).all() and lv.min() >= LEVEL_RANGE_DB[0] and lv.max() <= LEVEL_RANGE_DB[1]):
+        return None
+    sensor = (tab.column(sensor_column).fill_null("").to_numpy(zero_copy_only=False).astype(object)
+              if sensor_column else _same(n, default_sensor))
+    return Frames(sensor, t, lv, np.arange(first_line, first_line + n, dtype=np.int64))
+
+
+def _checked(uri: str, report: SpectraReport, tab: pa.Table, refused: list[Any], header: list[str],
+             tcol: str, cols: list[str], sensor_column: str | None, default_sensor: str, mode: str,
+             first_line: int) -> Frames:
+    """A block read as text, every row checked; refused rows go to ``report`` with their line."""
+    skipped, out = [], []          # out: (line, reason, kind), reported in line order
+    for row in refused:
+        skipped.append(first_line + row.number - 1)
+        out.append((skipped[-1], f"{row.actual_columns} columns, expected {row.expected_columns}",
+                    "wrong column count"))
+    n = tab.num_rows
+    # line of kept row j: first_line + j + (refused lines before it)
+    idx = np.arange(n)
+    s = np.asarray(sorted(skipped), dtype=np.int64) - first_line
+    before = s - np.arange(len(s))
+    lines = first_line + idx + np.searchsorted(before, idx, side="right")
+    t = _epoch_seconds(tab.column(tcol), mode)
+    lv = np.empty((n, len(cols)), np.float32)
+    bad_text = np.zeros(n, bool)
+    for k, c in enumerate(cols):
+        lv[:, k], nan_text = _levels(tab.column(c))
+        bad_text |= nan_text
+    empty = np.ones(n, bool)
+    for c in header:
+        empty &= (pc.utf8_length(pc.fill_null(tab.column(c), "")).to_numpy(zero_copy_only=False) == 0)
+    ok = np.ones(n, bool)
+    for mask, kind in ((empty, "empty line"), (~empty & ~np.isfinite(t), "bad timestamp"),
+                       (~empty & bad_text, "non-numeric level"),
+                       (~empty & ~bad_text & np.isnan(lv).any(1), "NaN level"),
+                       (~empty & ~bad_text & ((lv < LEVEL_RANGE_DB[0]) | (lv > LEVEL_RANGE_DB[1])).any(1),
+                        "impossible level")):
+        hit = mask & ok
+        for j in np.flatnonzero(hit):
+            detail = kind
+            if kind == "bad timestamp":
+                detail = f"bad timestamp {tab.column(tcol)[j].as_py()!r}"
+            elif kind in ("non-numeric level", "impossible level", "NaN level"):
+                k = int(np.flatnonzero(~np.isfinite(lv[j]) | (lv[j] < LEVEL_RANGE_DB[0])
+                                       | (lv[j] > LEVEL_RANGE_DB[1]))[0])
+                detail = f"{kind} {tab.column(cols[k])[j].as_py()!r} in column {cols[k]!r}"
+            out.append((int(lines[j]), detail, kind))
+        ok &= ~hit
+    for line, detail, kind in sorted(out):
+        report.refuse(uri, line, detail, kind)
+    sensor = (tab.column(sensor_column).to_numpy(zero_copy_only=False).astype(object) if sensor_column
+              else _same(n, default_sensor))
+    return Frames(sensor[ok], t[ok], lv[ok], lines[ok])
+
+
+def _by_sensor(sensor: np.ndarray) -> list[tuple[str, np.ndarray | None]]:
+    """``[(sensor id, row mask or None for all rows)]`` in sorted id order. A file without a
+    sensor column holds one id (the common case: no mask, no sort of N strings)."""
+    if not len(sensor):
+        return []
+    if (sensor == sensor[0]).all():
+        return [(sensor[0], None)]
+    import pandas as pd
+    return [(s, sensor == s) for s in sorted(pd.unique(sensor))]
 
 
 @dataclass
@@ -273,19 +445,26 @@ def continuous_runs(blocks: Iterator[Frames], report: SpectraReport,
     runs: list[_Run] = []
     steps: list[np.ndarray] = []
     for b in blocks:
-        for sensor in np.unique(b.sensor) if len(b.sensor) else ():
-            m = b.sensor == sensor
-            t, lv, ln = b.time[m], b.levels[m], b.line[m]
+        for sensor, m in _by_sensor(b.sensor):
+            t, lv, ln = (b.time, b.levels, b.line) if m is None else (b.time[m], b.levels[m], b.line[m])
             run = open_runs.get(sensor)
             prev_t = np.concatenate([[run.t_last if run else np.nan], t[:-1]])
-            prev_lv = np.concatenate([run.last_levels[None] if run else np.full((1, lv.shape[1]), np.nan), lv[:-1]])
             step = t - prev_t
-            dup = (step == 0) & (lv == prev_lv).all(1)
-            report.dropped["repeated row"] = report.dropped.get("repeated row", 0) + int(dup.sum())
-            keep = ~dup
-            t, lv, ln, step = t[keep], lv[keep], ln[keep], step[keep]
-            # the step to the previous KEPT frame (a dropped duplicate has the same time)
-            step = t - np.concatenate([[run.t_last if run else np.nan], t[:-1]])
+            dup = step == 0
+            n_dup = 0
+            if dup.any():                         # the levels of the (few) rows with a repeated time
+                j = np.flatnonzero(dup)
+                prev_lv = lv[np.maximum(j - 1, 0)]
+                if j[0] == 0:
+                    prev_lv[0] = run.last_levels
+                dup[j] = (lv[j] == prev_lv).all(1)
+                n_dup = int(dup.sum())
+            report.dropped["repeated row"] = report.dropped.get("repeated row", 0) + n_dup
+            if n_dup:
+                keep = ~dup
+                t, lv, ln = t[keep], lv[keep], ln[keep]
+                # the step to the previous KEPT frame (a dropped duplicate has the same time)
+                step = t - np.concatenate([[run.t_last if run else np.nan], t[:-1]])
             steps.append(step[(step > 0) & (step < 1.5 * period)])
             gap = step > 1.5 * period
             report.gaps += int(gap.sum())

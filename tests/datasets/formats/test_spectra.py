@@ -153,3 +153,75 @@ def test_split_by_sensor_keeps_each_sensor_in_one_split(tmp_path):
         s = json.loads(r["meta"])["sensor"]
         assert split_of.setdefault(s, r["split"]) == r["split"]
     assert set(split_of.values()) <= {"train", "valid", "test"} and len(split_of) == 12
+
+
+@pytest.mark.parametrize("stamp", ["iso", "iso-zone", "iso-mixed", "epoch-s"])
+def test_block_size_changes_nothing_and_clean_blocks_skip_the_text_pass(tmp_path, monkeypatch, stamp):
+    """The reader parses each block typed and reads only a faulty block again as text: small
+    blocks (many clean, a few faulty, repeated rows across block ends) must give exactly the
+    frames, line numbers, refusals and runs of a single block."""
+    from tympan.datasets.formats import spectra
+
+    rng = np.random.default_rng(4)
+    t0 = np.datetime64("2025-06-01T00:00:00.000")
+
+    def when(i: int) -> str:
+        t = t0 + np.timedelta64(125 * i, "ms")
+        return {"iso": f"{t}", "iso-zone": f"{t}Z", "iso-mixed": f"{t}" + ("+00:00" if i % 2 else ""),
+                "epoch-s": f"{(t - np.datetime64(0, 'ms')).astype(int) / 1000:.3f}"}[stamp]
+
+    lines = ["time," + ",".join(BANDS)]
+    faults = {700: ",".join(["1"] * 7), 1500: f"{when(1500)}," + ",".join(["nan"] * 29),
+              2300: f"{when(2300)}," + ",".join(["42.0"] * 28 + ["oops"])}
+    for i in range(3000):
+        if i in faults:
+            lines.append(faults[i])
+            continue
+        lines.append(f"{when(i + (400 if i >= 1800 else 0))}," + ",".join(f"{v:.1f}" for v in rng.uniform(30, 70, 29)))
+        if i % 97 == 0:
+            lines.append(lines[-1])                 # repeated rows, some across block ends
+    path = tmp_path / "s.csv"
+    path.write_text("\n".join(lines) + "\n")
+
+    text_reads = []
+    checked = spectra._checked
+    monkeypatch.setattr(spectra, "_checked", lambda *a: text_reads.append(1) or checked(*a))
+
+    def read(block_size: int):
+        report = spectra.SpectraReport("spectra", str(path))
+        blocks = list(spectra.read_frames(str(path), report, block_size=block_size))
+        runs, period = spectra.continuous_runs(iter(blocks), report)
+        return blocks, report, [(r.first_line, r.last_line, r.frames) for r in runs], period
+
+    one, rep1, runs1, p1 = read(1 << 24)
+    assert len(one) == 1 and len(text_reads) == 1
+    text_reads.clear()
+    many, rep2, runs2, p2 = read(4096)
+    assert len(many) > 100 and len(text_reads) == len(faults)      # only the 3 faulty blocks
+    for key in ("time", "levels", "line"):
+        assert np.array_equal(np.concatenate([getattr(b, key) for b in many]), getattr(one[0], key))
+    assert rep2.rejected == rep1.rejected and len(rep1.rejected) == 3
+    assert [int(r.split(":")[-2]) for r in rep1.rejected] == [k + 2 + k // 97 + 1 for k in faults]
+    assert rep2.dropped == rep1.dropped and rep1.dropped["repeated row"] == 3000 // 97 + 1
+    # breaks: each refused frame leaves a 0.25-s gap, and the 50-s clock jump at frame 1800
+    assert runs2 == runs1 and len(runs1) == 5 and p1 == p2 == 0.125
+
+
+def test_a_csv_on_s3_reads_like_the_local_file(tmp_path, s3_server, s3_bucket):
+    """Local files are memory-mapped, remote ones read piece by piece: same frames, same
+    refused lines (small pieces, so several end inside the faults)."""
+    from tympan.datasets import storage
+    from tympan.datasets.formats import spectra
+
+    write_faulty(tmp_path / "sensor-07.csv")
+    remote = f"s3://{s3_bucket}/sensors/sensor-07.csv"
+    storage.write_bytes_atomic(remote, (tmp_path / "sensor-07.csv").read_bytes())
+    got = {}
+    for uri in (str(tmp_path / "sensor-07.csv"), remote):
+        report = spectra.SpectraReport("spectra", uri)
+        blocks = list(spectra.read_frames(uri, report, block_size=1024))
+        got[uri] = (np.concatenate([b.line for b in blocks]), np.concatenate([b.levels for b in blocks]),
+                    [r.split(uri, 1)[1] for r in report.rejected], blocks[0].sensor[0])
+    (la, va, ra, sa), (lb, vb, rb, sb) = got.values()
+    assert len(la) > 60 and np.array_equal(la, lb) and np.array_equal(va, vb)
+    assert ra == rb and len(ra) == 6 and sa == sb == "sensor-07"
