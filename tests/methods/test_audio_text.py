@@ -19,7 +19,8 @@ from tympan.methods.audio_text import (AudioText, AudioTextConfig, audio_text_ra
 from tympan.methods.registry import build_method
 
 sys.path.insert(0, str(Path(__file__).parent))
-from learning import PROBE_C, assert_learned, probe_sets, train_and_compare  # noqa: E402
+from learning import (PROBE_C, assert_learned, probe_sets, train_and_compare,  # noqa: E402
+                      unseen_probe_sets)
 
 
 # ---- audio-text --------------------------------------------------------------------------------
@@ -104,7 +105,8 @@ def learn_audio_text(seed: int = 0, recipe: str = "scratch", after_step=None):
     stage_one = 60 if recipe == "two-stage" else 0
     cfg = AudioTextConfig(**AT_SMALL, recipe=recipe, classifier_steps=stage_one)
     return train_and_compare(AudioText, cfg, pool, probe_a, probe_b, steps=stage_one + 100,
-                             seed=seed, probe_c=PROBE_C, after_step=after_step)
+                             seed=seed, probe_c=PROBE_C, after_step=after_step,
+                             unseen=unseen_probe_sets())
 
 
 def test_audio_text_trains_and_separates_classes(tmp_path):

@@ -23,7 +23,7 @@ from tympan.methods.soundnet import (SoundNet, SoundNetConfig, TeacherHead, kl_t
 from tympan.methods.teacher import (TeacherConfig, build_arch, load_teacher, train_teacher)
 
 sys.path.insert(0, str(Path(__file__).parent))
-from learning import PROBE_C, probe_sets, train_and_compare, waves  # noqa: E402
+from learning import PROBE_C, probe_sets, train_and_compare, unseen_probe_sets, waves  # noqa: E402
 
 N_CLASSES = 8
 SOUNDNET_MARGIN = 0.02        # least probe lead over random init (docs/methods.md)
@@ -157,7 +157,7 @@ def learn_soundnet(teacher, seed: int = 0):
                            frame_size=32, seed=0)
     probe_a, probe_b = probe_sets()
     return train_and_compare(SoundNet, soundnet_cfg(teacher), pool, probe_a, probe_b, steps=600,
-                             seed=seed, probe_c=PROBE_C)
+                             seed=seed, probe_c=PROBE_C, unseen=unseen_probe_sets())
 
 
 def test_soundnet_distils_teacher_and_checkpoints_student_only(teacher, tmp_path):
