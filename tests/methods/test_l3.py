@@ -100,6 +100,7 @@ def learn_l3(seed: int = 0):
     return result, acc
 
 
+@pytest.mark.timeout(1800)      # three trainings; on a loaded 2-core machine one took 3-4 min
 def test_l3_learns_correspondence(tmp_path):
     """L3 trains: the loss falls, its correspondence accuracy rises above chance (0.5), and
     its audio tower's clip embedding separates 8 held-out classes better than the same
