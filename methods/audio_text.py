@@ -27,9 +27,8 @@ the ranking loss below, with both towers training (whether the paper froze the C
 two is not verified here). The count of training-mode ``loss`` calls (one per train step)
 lives in a buffer, so a resumed run stays in its stage; the classifier layer stays in the
 checkpoint, unused by the embeddings, which are the encoder output (the layer under the
-softmax). Note: this
-stage uses the transcripts as **word labels**: it is the paper's supervised recipe, not a
-self-supervised one. ``recipe: scratch`` trains the audio encoder with the ranking loss only
+softmax). Note: stage one uses the transcripts as **word labels**: it is the paper's
+supervised recipe, not a self-supervised one. ``recipe: scratch`` trains the audio encoder with the ranking loss only
 from the start (tympan's earlier recipe).
 
 Needs ``clip.meta["transcript"]`` (the spoken-word corpus has it); a clip without one is an
