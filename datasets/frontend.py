@@ -94,19 +94,23 @@ class FrontendConfig:
 
 
 # Named presets. The l3-* ones are the inputs of the "Look, listen and learn more" design study
-# (Cramer et al. 2019), moved from 48 kHz to tympan's 16 kHz shards: 1 s, hop 5 ms (L3: 242
-# samples at 48 kHz), linear n_fft 512 (257 bins, as L3), mel128/mel256 from n_fft 2048.
+# (Cramer et al. 2019), moved from 48 kHz to tympan's 16 kHz shards at the papers' *time*
+# resolution: 1 s, hop 5 ms (L3: 242 samples at 48 kHz -> 80); linear: L3's 512-sample window at
+# 48 kHz is 10.7 ms -> win_length 171, zero-padded to n_fft 512 (257 bins, as L3); mel128 /
+# mel256: OpenL3's n_fft 2048 at 48 kHz is a 42.7 ms window -> win_length 683, zero-padded to
+# n_fft 2048 (fine enough bins for 256 mel bands). Keeping the window in samples (512 / 2048)
+# would give 32 ms / 128 ms windows at 16 kHz.
 PRESETS: dict[str, FrontendConfig] = {
     "logmel64": FrontendConfig(),
     "mfcc13": FrontendConfig(kind="mfcc", n_mels=40, f_min=20.0, f_max=8000.0, power=2.0),
     # Fast third-octave levels as sensor networks store them: 29 bands, 125 ms frames.
     "third-octave": FrontendConfig(kind="third-octave", n_fft=2000, win_length=2000,
                                    hop_length=2000, f_min=20.0, f_max=8000.0),
-    "l3-linear": FrontendConfig(kind="linear", n_fft=512, win_length=512, hop_length=80,
+    "l3-linear": FrontendConfig(kind="linear", n_fft=512, win_length=171, hop_length=80,
                                 f_min=0.0, f_max=8000.0),
-    "l3-mel128": FrontendConfig(n_fft=2048, win_length=2048, hop_length=80, n_mels=128,
+    "l3-mel128": FrontendConfig(n_fft=2048, win_length=683, hop_length=80, n_mels=128,
                                 f_min=0.0, f_max=8000.0),
-    "l3-mel256": FrontendConfig(n_fft=2048, win_length=2048, hop_length=80, n_mels=256,
+    "l3-mel256": FrontendConfig(n_fft=2048, win_length=683, hop_length=80, n_mels=256,
                                 f_min=0.0, f_max=8000.0),
 }
 

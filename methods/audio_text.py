@@ -15,6 +15,22 @@ n-grams (with word-boundary markers); training ranks the right word above a wron
   ``batch_negatives`` every differently-spelled word of the **global** batch (gathered from
   all workers with gradients) is a wrong word too, and each anchor averages its hinges.
 
+**Two-stage recipe** (``recipe: two-stage``, the paper's): Bengio & Heigold first train the
+acoustic CNN as a *word classifier* (softmax over the training vocabulary) and take its
+acoustic embedding from that network; only then is the letter-n-gram network trained with the
+ranking loss to meet it. Here the classifier is the audio encoder (-> ``embed_dim``) plus a
+linear softmax layer over ``word_classes`` classes, a word's class being the CRC-32 of its
+transcript modulo ``word_classes`` (no vocabulary file; with far fewer words than classes,
+e.g. the keyword corpus's 35 in 1024, collisions are rare and only merge two words' classes).
+For the first ``classifier_steps`` training steps the loss is that cross-entropy; after them
+the ranking loss below, with both towers training (whether the paper froze the CNN in stage
+two is not verified here). The count of training-mode ``loss`` calls (one per train step)
+lives in a buffer, so a resumed run stays in its stage; the classifier layer stays in the
+checkpoint, unused by the embeddings, which are the encoder output (the layer under the
+softmax). Note: stage one uses the transcripts as **word labels**: it is the paper's
+supervised recipe, not a self-supervised one. ``recipe: scratch`` trains the audio encoder with the ranking loss only
+from the start (tympan's earlier recipe).
+
 Needs ``clip.meta["transcript"]`` (the spoken-word corpus has it); a clip without one is an
 error naming it.
 
@@ -22,14 +38,15 @@ Batch (B = len(clips); V = vocab_size)::
 
     {"audio":      float32 [B, T, F]   # log-mel of a crop_s crop (loop-padded if shorter)
      "word":       float32 [B, V]      # letter n-gram counts of the clip's transcript
-     "wrong_word": float32 [B, V]}     # ... of a different word
+     "wrong_word": float32 [B, V]      # ... of a different word
+     "word_class": int64   [B]}        # CRC-32(transcript) % word_classes (two-stage recipe)
 """
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -101,6 +118,10 @@ class AudioTextConfig:
     word_layers: int = 3              # Bengio & Heigold: 3-layer MLP over letter n-grams
     margin: float = 0.5               # on cosine scores (unverified)
     batch_negatives: bool = True
+    # Bengio & Heigold's recipe: word-classifier pretraining of the audio CNN, then ranking.
+    recipe: Literal["two-stage", "scratch"] = "two-stage"
+    classifier_steps: int = 2000      # stage-one steps (unverified: size it to the run)
+    word_classes: int = 1024          # hashed word classes of the classifier
     embed_hop_s: float = 0.25
     batch_size: int = 64
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))
@@ -115,10 +136,19 @@ class AudioTextConfig:
         check(self.margin > 0, "margin", self.margin, "must be positive")
         check(self.embed_hop_s > 0, "embed_hop_s", self.embed_hop_s, "must be positive")
         check(self.batch_size >= 2, "batch_size", self.batch_size, "must be >= 2 (wrong words)")
+        check(self.recipe in ("two-stage", "scratch"), "recipe", self.recipe,
+              "must be 'two-stage' (Bengio & Heigold) or 'scratch'")
+        check(self.classifier_steps >= 0, "classifier_steps", self.classifier_steps, "must be >= 0")
+        check(self.word_classes >= 2, "word_classes", self.word_classes, "must be >= 2")
 
     @property
     def crop_samples(self) -> int:
         return int(round(self.crop_s * self.frontend.sample_rate))
+
+
+def word_class(word: str, n_classes: int) -> int:
+    """The classifier class of a (normalised) transcript: CRC-32 modulo ``n_classes``."""
+    return zlib.crc32(word.encode("utf-8")) % n_classes
 
 
 def _transcript(clip: Clip) -> str:
@@ -149,7 +179,14 @@ def sample_audio_text_views(cfg: AudioTextConfig, clips: Sequence[Clip],
     vec = lambda w: ngram_vector(w, cfg.vocab_size, cfg.ngram_max)    # noqa: E731
     return {"audio": frontend_numpy(cfg.frontend, crops),              # [B, T, F]
             "word": np.stack([vec(w) for w in words]),                 # [B, V]
-            "wrong_word": np.stack([vec(w) for w in wrong])}           # [B, V]
+            "wrong_word": np.stack([vec(w) for w in wrong]),           # [B, V]
+            "word_class": np.asarray([word_class(w, cfg.word_classes) for w in words],
+                                     dtype=np.int64)}                  # [B]
+
+
+def _zero_use(module: nn.Module) -> Tensor:
+    """0 x the sum of ``module``'s parameters: marks them used (zero gradient) for DDP."""
+    return sum(p.sum() for p in module.parameters()) * 0.0
 
 
 class AudioText(Method):
@@ -167,6 +204,24 @@ class AudioText(Method):
         for k, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers += [nn.Linear(d_in, d_out)] + ([nn.ReLU(inplace=True)] if k < len(sizes) - 2 else [])
         self.word_encoder = nn.Sequential(*layers)
+        # Stage one of the two-stage recipe: a softmax word classifier on the audio embedding.
+        self.word_classifier = (nn.Linear(cfg.embed_dim, cfg.word_classes)
+                                if cfg.recipe == "two-stage" else None)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before the two-stage recipe: no classifier, no step count; they
+        # were trained with the ranking loss, so they load as past stage one.
+        if f"{prefix}steps_done" not in state_dict:
+            state_dict[f"{prefix}steps_done"] = torch.tensor(self.cfg.classifier_steps)
+            if self.word_classifier is not None:
+                for k, v in self.word_classifier.state_dict().items():
+                    state_dict.setdefault(f"{prefix}word_classifier.{k}", v)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def in_classifier_stage(self) -> bool:
+        return self.cfg.recipe == "two-stage" and int(self.steps_done) < self.cfg.classifier_steps
 
     @property
     def embedding_dim(self) -> int:
@@ -179,16 +234,28 @@ class AudioText(Method):
 
     def loss(self, batch: dict[str, Tensor], dist: Dist = Dist()) -> tuple[Tensor, dict[str, float]]:
         audio = self.audio_encoder(batch["audio"].float())             # [B, D]
+        stage_one = self.in_classifier_stage
+        if self.training:
+            self.steps_done += 1                                       # one loss per train step
+        if stage_one:
+            logits = self.word_classifier(audio)                       # [B, word_classes]
+            target = batch["word_class"].long()
+            acc = (logits.argmax(1) == target).float().mean()
+            # + 0 x the word tower: DDP (find_unused_parameters off) needs every parameter used
+            loss = F.cross_entropy(logits, target) + _zero_use(self.word_encoder)
+            return loss, {"word_accuracy": float(acc), "stage": 1.0}
         word, wrong = batch["word"].float(), batch["wrong_word"].float()
         w_emb = self.word_encoder(torch.cat([word, wrong]))            # [2B, D]
         w_pos, w_neg = w_emb.split(word.shape[0])
         gather = dist.gather if dist.world_size > 1 else None
         loss = audio_text_ranking(audio, w_pos, w_neg, word, self.cfg.margin, gather=gather,
                                   batch_negatives=self.cfg.batch_negatives)
+        if self.word_classifier is not None:                           # unused now (DDP)
+            loss = loss + _zero_use(self.word_classifier)
         with torch.no_grad():
             a, p, n = (F.normalize(x, dim=-1) for x in (audio, w_pos, w_neg))
             acc = ((a * p).sum(-1) > (a * n).sum(-1)).float().mean()
-        return loss, {"rank_accuracy": float(acc)}
+        return loss, {"rank_accuracy": float(acc), "stage": 2.0}
 
     @torch.no_grad()
     def embed_frames(self, wave: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:

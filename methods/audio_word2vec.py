@@ -5,7 +5,20 @@ Representations using Sequence-to-sequence Autoencoder", Interspeech 2016 (arXiv
 "The RNN encoder reads the acoustic feature sequence x1..xT of an audio segment; its last
 hidden state is the representation z; the RNN decoder, taking z, reconstructs the input
 sequence", trained by MSE. The denoising variant (DSA) corrupts the input and reconstructs
-the clean sequence; here a fraction ``mask_prob`` of input frames is set to 0 (0 = plain SA).
+the clean sequence. The paper's corruption is masking noise on the *elements* of the input
+(each MFCC coefficient of each frame independently set to zero with some probability, the
+denoising-autoencoder corruption of Vincent et al. 2008): ``mask_unit: element`` (default)
+with ``mask_prob`` the probability; ``mask_unit: frame`` zeroes whole frames instead (the
+earlier variant). ``mask_prob`` 0 = plain SA. Masking applies to the standardised features,
+so a masked element takes the feature's running mean.
+
+**Segments.** Chung et al. train on word segments (LibriSpeech words cut at the boundaries of
+a forced alignment). ``segments: words`` does that where a corpus records word boundaries:
+``clip.meta["word_alignment"] = [[word, start_s, end_s], ...]`` (the offline keyword corpus
+records its one word's span, datasets/offline/synth_tasks.py); each example is one word of its
+clip drawn at random, cut at its boundaries (capped at ``max_s``; a clip without an alignment
+is an error naming it). ``segments: random`` (default, for corpora without boundaries, which
+is most of them): a random crop of U(min_s, max_s) seconds.
 
 Inputs are 13 MFCCs (``PRESETS["mfcc13"]``) of variable-length, word-sized segments. Segments
 are packed (``pack_padded_sequence``) so padding never enters the LSTMs; features are
@@ -16,7 +29,8 @@ encoder's final state and reads z at every step (the paper's decoder is conditio
 Batch (B = len(clips); fixed shapes, lengths say what is real)::
 
     {"mfcc":    float32 [B, Tmax, 13]   # Tmax = frames of max_s; frames >= length are 0
-     "lengths": int64   [B]}            # valid frames, frames of a U(min_s, max_s) segment
+     "lengths": int64   [B]}            # valid frames, frames of the segment (a U(min_s, max_s)
+                                        # crop, or one aligned word capped at max_s)
 
 A clip shorter than its segment is loop-padded (repeated) to the segment length.
 """
@@ -24,7 +38,7 @@ A clip shorter than its segment is loop-padded (repeated) to the segment length.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +61,9 @@ class AudioWord2VecConfig:
     max_s: float = 1.0
     hidden: int = 100                  # representation size ("~100-d", unverified)
     layers: int = 1
-    mask_prob: float = 0.0             # denoising variant: fraction of input frames set to 0
+    mask_prob: float = 0.0             # denoising variant: probability that an input is masked
+    mask_unit: Literal["element", "frame"] = "element"     # what is masked (paper: elements)
+    segments: Literal["random", "words"] = "random"        # words: meta["word_alignment"]
     embed_hop_s: float = 0.25          # hop of the max_s windows for timestamp embeddings
     batch_size: int = 64
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3))   # unverified
@@ -59,6 +75,10 @@ class AudioWord2VecConfig:
         check(self.hidden > 0, "hidden", self.hidden, "must be positive")
         check(self.layers >= 1, "layers", self.layers, "must be >= 1")
         check(0 <= self.mask_prob < 1, "mask_prob", self.mask_prob, "must be in [0, 1)")
+        check(self.mask_unit in ("element", "frame"), "mask_unit", self.mask_unit,
+              "must be 'element' (the paper) or 'frame'")
+        check(self.segments in ("random", "words"), "segments", self.segments,
+              "must be 'random' (crops) or 'words' (meta['word_alignment'])")
         check(self.embed_hop_s > 0, "embed_hop_s", self.embed_hop_s, "must be positive")
 
     def samples(self, seconds: float) -> int:
@@ -69,15 +89,40 @@ class AudioWord2VecConfig:
         return self.frontend.n_frames(self.samples(self.max_s))
 
 
+def word_segment(cfg: AudioWord2VecConfig, clip: Clip, rng: np.random.Generator) -> tuple[int, int]:
+    """(start, n) in samples of one word of ``clip``'s ``meta["word_alignment"]``, drawn at
+    random, capped at ``max_s`` (at least one hop, so a word gives >= 1 frame)."""
+    words = clip.meta.get("word_alignment")
+    if not words:
+        raise ValueError(f"audio-word2vec segments=words: clip {clip.clip_id!r} has no "
+                         f"meta['word_alignment'] ([[word, start_s, end_s], ...])")
+    item = words[int(rng.integers(len(words)))]
+    try:
+        _, start_s, end_s = item
+        start_s, end_s = float(start_s), float(end_s)
+    except (TypeError, ValueError):
+        raise ValueError(f"clip {clip.clip_id!r}: word_alignment item {item!r} is not "
+                         f"[word, start_s, end_s]") from None
+    if not (0 <= start_s < end_s):
+        raise ValueError(f"clip {clip.clip_id!r}: word_alignment item {item!r} needs "
+                         f"0 <= start_s < end_s")
+    start = cfg.samples(start_s)
+    n = min(max(cfg.samples(end_s) - start, cfg.frontend.hop_length), cfg.samples(cfg.max_s))
+    return start, n
+
+
 def sample_word2vec_views(cfg: AudioWord2VecConfig, clips: Sequence[Clip],
                           rng: np.random.Generator) -> dict[str, np.ndarray]:
     n_max = cfg.samples(cfg.max_s)
     crops = np.zeros((len(clips), n_max), dtype=np.float32)
     lengths = np.empty(len(clips), dtype=np.int64)
     for i, clip in enumerate(clips):
-        n = cfg.samples(rng.uniform(cfg.min_s, cfg.max_s))
         audio = np.asarray(clip.audio, dtype=np.float32)
-        start = int(rng.integers(max(len(audio) - n, 0) + 1))
+        if cfg.segments == "words":
+            start, n = word_segment(cfg, clip, rng)
+        else:
+            n = cfg.samples(rng.uniform(cfg.min_s, cfg.max_s))
+            start = int(rng.integers(max(len(audio) - n, 0) + 1))
         crops[i, :n] = crop_at(audio, start, n)
         lengths[i] = cfg.frontend.n_frames(n)
     mfcc = frontend_numpy(cfg.frontend, crops)                          # [B, Tmax, 13]
@@ -148,8 +193,9 @@ class AudioWord2Vec(Method):
         target = self.norm(x, mask)
         inp = target
         if self.training and self.cfg.mask_prob > 0:                     # denoising variant
-            keep = torch.rand(mask.shape, device=x.device) >= self.cfg.mask_prob
-            inp = target * keep.unsqueeze(-1)
+            shape = x.shape if self.cfg.mask_unit == "element" else (*mask.shape, 1)
+            keep = torch.rand(shape, device=x.device) >= self.cfg.mask_prob   # [B, T, 13 or 1]
+            inp = target * keep
         z, state = self.encode(inp, lengths)
         recon = self.decode(z, state, lengths, x.shape[1])
         loss = masked_mse(recon, target.detach(), mask.unsqueeze(-1))

@@ -13,8 +13,9 @@ pair the audio with a frame of another video.
   brightness +- 32/255 (saturation and brightness in random order);
 * ``audio_input`` selects the design-study input (linear / mel128 / mel256, 1 s, hop 5 ms; see
   :data:`tympan.datasets.frontend.PRESETS`); Cramer et al. found mel256 best, so it is the default.
-  Known departure (issue 15, not yet fixed): the presets keep L3's / OpenL3's window in
-  samples (512 / 2048) at 16 kHz, i.e. 32 ms / 128 ms instead of the papers' 10.7 ms / 42.7 ms.
+  The presets keep the papers' window *durations* at 16 kHz: L3's 512 samples at 48 kHz =
+  10.7 ms -> 171 samples, OpenL3's 2048 at 48 kHz = 42.7 ms -> 683 samples, zero-padded to the
+  papers' FFT sizes 512 / 2048 (keeping the sample counts would give 32 ms / 128 ms windows).
 * evaluation embedding (``embed_pool``): ``grid`` (the paper's; default ``global`` until the
   learning test is re-measured with it) max-pools the audio tower's last
   conv block to a ``embed_grid`` = 3 (time) x 4 (frequency) grid and flattens it: 512 x 12 =

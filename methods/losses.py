@@ -72,30 +72,66 @@ def triplet_margin(anchor: Tensor, positive: Tensor, negative: Tensor, margin: f
 
 
 def batch_triplet(anchor: Tensor, positive: Tensor, margin: float, *,
-                  gather: Gather | None = None, rank: int = 0,
-                  mining: str = "all") -> Tensor:
+                  gather: Gather | None = None, rank: int = 0, mining: str = "all",
+                  keys: tuple[Tensor, Tensor] | None = None, pick: Tensor | None = None) -> Tensor:
     """Triplet loss whose negatives are the other clips' positives of the global batch.
 
     ``anchor``, ``positive`` [B, D] (row i of both from clip i). For local anchor i (global
-    row g) the negatives are pool rows j != g. ``mining="all"``: every such triplet counts
-    (mean over B x (N - 1)); ``"hardest"``: only the nearest negative of each anchor
-    (FaceNet-style batch-hard). Needs N >= 2.
+    row g) the candidate negatives are pool rows j != g, less those ``keys`` rule out:
+    ``keys = (clip_key [B], mix_key [B])`` (int64, -1 = nothing mixed in) drops row j when it
+    is the same clip (``clip_key[j] == clip_key[i]``) or its positive has anchor i's clip
+    mixed into it (``mix_key[j] == clip_key[i]``). Mining:
+
+    * ``"all"``: every remaining triplet, mean over each anchor's negatives, then over anchors;
+    * ``"hardest"``: the nearest negative of each anchor (FaceNet-style batch-hard);
+    * ``"semi-hard"``: the nearest negative farther than the positive (Schroff et al., FaceNet,
+      CVPR 2015, Sec. 3.2: d(a, p) < d(a, n)); an anchor without one takes its farthest
+      negative (the rule of TensorFlow Addons' ``triplet_semihard_loss``);
+    * ``"random"``: one negative per anchor drawn uniformly from the other clips (Jansen et al.
+      2018), ``pick`` [B] uniforms in [0, 1) choosing it.
+
+    Anchors left without a negative are dropped from the mean. Needs N >= 2.
     """
     pool, rows = _global(positive, gather, rank)
     n = pool.shape[0]
     if n < 2:
         raise ValueError("batch_triplet needs at least 2 clips in the global batch for negatives")
-    # Candidates j != g for each local row: indices [B, N - 1], in increasing order of j.
-    cols = torch.arange(n - 1, device=anchor.device).unsqueeze(0).expand(rows.shape[0], -1)
-    cols = cols + (cols >= rows.unsqueeze(1)).long()
-    negatives = pool[cols]                                   # [B, N-1, D]
-    if mining == "hardest":
-        a, neg = F.normalize(anchor, dim=-1), F.normalize(negatives, dim=-1)
-        nearest = (a.unsqueeze(1) - neg).pow(2).sum(-1).argmin(dim=1)      # [B]
-        negatives = negatives[torch.arange(negatives.shape[0], device=anchor.device), nearest]
-    elif mining != "all":
-        raise ValueError(f"mining must be 'all' or 'hardest', got {mining!r}")
-    return triplet_margin(anchor, positive, negatives, margin)
+    if mining not in ("all", "hardest", "semi-hard", "random"):
+        raise ValueError(f"mining must be 'all', 'hardest', 'semi-hard' or 'random', got {mining!r}")
+    cols = torch.arange(n, device=anchor.device)
+    valid = cols.unsqueeze(0) != rows.unsqueeze(1)                       # [B, N]
+    if keys is not None:
+        own, mixed = keys
+        clip_pool, mix_pool = (k if gather is None else gather(k) for k in (own, mixed))
+        valid = valid & (clip_pool.unsqueeze(0) != own.unsqueeze(1))
+        valid = valid & (mix_pool.unsqueeze(0) != own.unsqueeze(1))
+    a, p, pool = (F.normalize(x, dim=-1) for x in (anchor, positive, pool))
+    d_pos = (a - p).pow(2).sum(-1)                                       # [B]
+    d_neg = (a.unsqueeze(1) - pool.unsqueeze(0)).pow(2).sum(-1)          # [B, N]
+    has = valid.any(dim=1)                                               # [B]
+    if mining == "all":
+        hinge = F.relu(d_pos.unsqueeze(1) - d_neg + margin) * valid
+        per_anchor = hinge.sum(1) / valid.sum(1).clamp_min(1)
+    else:
+        d = d_neg.detach()
+        if mining == "hardest":
+            sel = d.masked_fill(~valid, float("inf")).argmin(1)
+        elif mining == "semi-hard":
+            semi = valid & (d > d_pos.detach().unsqueeze(1))
+            nearest_semi = d.masked_fill(~semi, float("inf")).argmin(1)
+            farthest = d.masked_fill(~valid, float("-inf")).argmax(1)
+            sel = torch.where(semi.any(1), nearest_semi, farthest)
+        else:
+            if pick is None or pick.shape != d_pos.shape:
+                raise ValueError("mining='random' needs pick [B], uniforms in [0, 1)")
+            count = valid.sum(1)
+            k = (pick.to(d.dtype) * count).long().clamp(max=(count - 1).clamp_min(0))
+            sel = ((valid.long().cumsum(1) == (k + 1).unsqueeze(1)) & valid).long().argmax(1)
+        chosen = d_neg.gather(1, sel.unsqueeze(1)).squeeze(1)
+        per_anchor = F.relu(d_pos - chosen + margin)
+    if not bool(has.any()):
+        return (anchor.sum() + positive.sum()) * 0.0                     # no negative anywhere
+    return per_anchor[has].mean()
 
 
 def ranking_triplet(score_pos: Tensor, score_neg: Tensor, margin: float) -> Tensor:

@@ -10,10 +10,25 @@ gives an (anchor, positive) pair; the negatives of an anchor are the positives o
 clips of the **global** batch (gathered across workers with gradients,
 ``losses.batch_triplet``). Embeddings are L2-normalised (``losses.triplet_margin``).
 
-Batch contract, float32:
-    {"anchor":   [B, T, F],     # one slice per clip
-     "positive": [B, T, F]}     # a slice starting within tau_s of the anchor, same clip,
-                                # with the optional Jansen augmentations applied
+``mining`` picks which of those negatives count: ``all`` (every triplet, default), ``hardest``
+(the nearest per anchor), ``semi-hard`` (the nearest one farther than the positive: FaceNet,
+Schroff et al. 2015) or ``random`` (one other-clip negative per anchor drawn at random, as
+Jansen et al. sample their triplets' negatives from a different clip).
+
+With ``p_mix > 0`` a positive carries a second clip's audio, so that positive must not be a
+negative for the second clip's own anchor (it contains the anchor's clip). Rows of a batch are
+shuffled between the sampler and the trainer (the Ray pipeline mixes groups), so the sampler
+marks rows by clip identity, not by position: ``clip_key`` (a 62-bit hash of ``clip_id``) and
+``mix_key`` (the mixed-in clip's key, -1 when none); the loss drops pool row j as a negative
+of anchor i when ``mix_key[j] == clip_key[i]``, and when j is the same clip as i (a clip twice
+in one global batch is no negative either).
+
+Batch contract:
+    {"anchor":   f32 [B, T, F],     # one slice per clip
+     "positive": f32 [B, T, F],     # a slice starting within tau_s of the anchor, same clip,
+                                    # with the optional Jansen augmentations applied
+     "clip_key": i64 [B],           # identity of the row's clip
+     "mix_key":  i64 [B]}           # identity of the clip mixed into the positive, -1 if none
 with T = slice_frames, F = frontend.n_features.
 
 Defaults: margin 0.1 on unit vectors (ANCHORS §2, unverified); 128-d embeddings (Jansen;
@@ -24,6 +39,7 @@ anchor-positive span yields a looped positive.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -48,7 +64,7 @@ class TripletConfig:
     slice_frames: int = 96
     tau_s: float = 1.0                 # positive starts within tau of the anchor start
     margin: float = 0.1
-    mining: Literal["all", "hardest"] = "all"
+    mining: Literal["all", "hardest", "semi-hard", "random"] = "all"
     dim: int = 128
     channels: tuple[int, ...] = AUDIO2VEC_CHANNELS
     width: float = 1.0
@@ -86,6 +102,11 @@ class TripletConfig:
               "gain_db and eq_db must be >= 0")
 
 
+def clip_key(clip_id: str) -> int:
+    """A stable non-negative 62-bit identity for ``clip_id`` (same in every process)."""
+    return int.from_bytes(hashlib.blake2b(clip_id.encode(), digest_size=8).digest(), "little") >> 2
+
+
 def sample_triplets(cfg: TripletConfig, clips: Sequence[Clip], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Anchor + temporally close positive per clip (contract in the module docstring)."""
     fe = cfg.frontend
@@ -94,6 +115,8 @@ def sample_triplets(cfg: TripletConfig, clips: Sequence[Clip], rng: np.random.Ge
     # Augmentations draw from their own stream, so switching them on does not move the crops.
     aug_rng = np.random.default_rng(int(rng.integers(2**63)))
     waves = np.empty((b, 2, slice_len), dtype=np.float32)
+    keys = np.asarray([clip_key(c.clip_id) for c in clips], dtype=np.int64)
+    mix_keys = np.full(b, -1, dtype=np.int64)
     for i, clip in enumerate(clips):
         span = slice_len + tau                      # anchor and positive both inside it
         region = crop(clip.audio, random_start(rng, len(clip.audio), span), span)
@@ -105,7 +128,7 @@ def sample_triplets(cfg: TripletConfig, clips: Sequence[Clip], rng: np.random.Ge
         pos = waves[i, 1]
         if b > 1 and aug_rng.random() < cfg.p_mix:  # Jansen "mixing": positive + another clip
             j = int(aug_rng.choice([k for k in range(b) if k != i]))
-            other = clips[j].audio
+            other, mix_keys[i] = clips[j].audio, keys[j]
             pos += cfg.mix_gain * crop(other, random_start(aug_rng, len(other), slice_len), slice_len)
         if aug_rng.random() < cfg.p_noise:
             snr_db = aug_rng.uniform(cfg.snr_db_min, 30.0)
@@ -119,7 +142,8 @@ def sample_triplets(cfg: TripletConfig, clips: Sequence[Clip], rng: np.random.Ge
             feats[i, 1] = np.roll(feats[i, 1], (dt, df), axis=(0, 1))
     _gain_eq(cfg, feats, aug_rng)
     return {"anchor": np.ascontiguousarray(feats[:, 0]),
-            "positive": np.ascontiguousarray(feats[:, 1])}
+            "positive": np.ascontiguousarray(feats[:, 1]),
+            "clip_key": keys, "mix_key": mix_keys}
 
 
 def _gain_eq(cfg: TripletConfig, feats: np.ndarray, rng: np.random.Generator) -> None:
@@ -157,8 +181,10 @@ class Triplet(Method):
         b = batch["anchor"].shape[0]
         z = self.encoder(torch.cat([batch["anchor"], batch["positive"]], dim=0))   # [2B, D]
         gather = dist.gather if dist.world_size > 1 else None
+        keys = (batch["clip_key"], batch["mix_key"]) if "clip_key" in batch else None
+        pick = torch.rand(b, device=z.device) if self.cfg.mining == "random" else None
         loss = batch_triplet(z[:b], z[b:], self.cfg.margin, gather=gather, rank=dist.rank,
-                             mining=self.cfg.mining)
+                             mining=self.cfg.mining, keys=keys, pick=pick)
         return loss, {}
 
     @property

@@ -115,12 +115,14 @@ def keyword_examples(scale: SynthScale, seed: int) -> list[TaskExample]:
     out = []
     for (split, accent, v, w, k, sp, pi), x in zip(plan, audio):
         x = fit_length(rng, trim_silence(x), SR)              # 1 s, word at a random offset
+        said = np.flatnonzero(x)                              # the placed (trimmed) word
+        span = [round(float(said[0]) / SR, 4), round(float(said[-1] + 1) / SR, 4)] if said.size else [0.0, 1.0]
         x, aug = _augment(rng, x)
         voice = f"{accent}+{v}"
         out.append(TaskExample(
             clip_id=f"{w}-{voice}-{k}", audio=x, label=w, split=split, group=voice,
             meta=dict(transcript=w, voice=voice, accent=accent, variant=v, speed=sp, pitch=pi,
-                      source="espeak-ng", **aug)))
+                      source="espeak-ng", word_alignment=[[w, *span]], **aug)))
     return out
 
 

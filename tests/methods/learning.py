@@ -79,6 +79,7 @@ class Learned:
     random: float                 # ... of the same initial weights and buffers
     random_bn: float              # ... of the same initial weights, BatchNorm statistics fitted
     model: torch.nn.Module
+    unseen: "Learned | None" = None   # the same three networks probed on unseen classes
 
     @property
     def loss_ratio(self) -> float:
@@ -110,9 +111,12 @@ def assert_mean_margin(results: Sequence[Learned], margin: float) -> None:
 
 
 def train_and_compare(method_cls, cfg, pool: Sequence, probe_a: Sequence, probe_b: Sequence,
-                      steps: int, seed: int = 0, probe_c: float = 1.0, after_step=None) -> Learned:
+                      steps: int, seed: int = 0, probe_c: float = 1.0, after_step=None,
+                      unseen: tuple[Sequence, Sequence] | None = None) -> Learned:
     """Train ``method_cls(cfg)`` for ``steps`` on batches of ``pool`` (seeded), then probe it
-    and both random-init baselines. ``after_step(metrics)`` sees every step's metrics."""
+    and both random-init baselines. ``after_step(metrics)`` sees every step's metrics.
+    ``unseen``: a second pair of probe sets (:func:`unseen_probe_sets`), scored into
+    ``Learned.unseen`` by the same three networks."""
     torch.manual_seed(seed)
     model = method_cls(cfg)
     random_model, random_bn = copy.deepcopy(model), copy.deepcopy(model)
@@ -133,9 +137,15 @@ def train_and_compare(method_cls, cfg, pool: Sequence, probe_a: Sequence, probe_
     calib_rng = np.random.default_rng(seed + 1)
     calibrate_norms(random_bn, [batch(calib_rng) for _ in range(8)])
     random_model.eval()
-    return Learned(np.array(losses), probe_accuracy(model, probe_a, probe_b, probe_c),
-                   probe_accuracy(random_model, probe_a, probe_b, probe_c),
-                   probe_accuracy(random_bn, probe_a, probe_b, probe_c), model)
+
+    def scored(a, b) -> Learned:
+        return Learned(np.array(losses), probe_accuracy(model, a, b, probe_c),
+                       probe_accuracy(random_model, a, b, probe_c),
+                       probe_accuracy(random_bn, a, b, probe_c), model)
+    result = scored(probe_a, probe_b)
+    if unseen is not None:
+        result.unseen = scored(*unseen)
+    return result
 
 
 # ---- the 8-class learning tests' verdict (L3, Audio Word2Vec, audio-text, SoundNet) -----------
@@ -147,6 +157,22 @@ def probe_sets(n: int = 128, n_classes: int = 8) -> tuple[list, list]:
     (scored both ways, so 2n test clips: one clip is 1 / (2n) of the accuracy)."""
     return (synthetic_clips(n, n_classes=n_classes, duration_s=1.0, seed=1),
             synthetic_clips(n, n_classes=n_classes, duration_s=1.0, seed=2))
+
+
+UNSEEN_CLASSES = range(8, 16)
+
+
+def unseen_probe_sets(n: int = 128) -> tuple[list, list]:
+    """Probe sets of classes the label-aligned tests' pretexts never see: ``n`` one-second
+    clips each of synthetic classes 8-15 (seeds 3 and 4). The 8-class training pools hold
+    classes 0-7 only, and a class's sound and picture do not depend on ``n_classes``, so none
+    of these classes' words (audio-text), pictures (L3) or teacher classes (SoundNet: its
+    teacher is trained on pictures of classes 0-7) reached the pretext."""
+    out = []
+    for seed in (3, 4):
+        clips = synthetic_clips(2 * n, n_classes=16, duration_s=1.0, seed=seed)
+        out.append([c for c in clips if c.meta["class_index"] in UNSEEN_CLASSES])
+    return out[0], out[1]
 
 
 def assert_round_trip(model, clips, tmp_path) -> None:

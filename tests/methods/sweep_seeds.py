@@ -58,6 +58,10 @@ def main() -> None:
                 print(f"| {name} | {seed} | {threads} | {r.trained:.3f} | {r.random:.3f} | "
                       f"{r.random_bn:.3f} | {r.margin:+.3f} | {r.loss_ratio:.2f} | "
                       f"{time.time() - t0:.0f} |", flush=True)
+                if r.unseen is not None:     # label-aligned methods: classes 8-15, never seen
+                    u = r.unseen
+                    print(f"| {name} (unseen classes) | {seed} | {threads} | {u.trained:.3f} | "
+                          f"{u.random:.3f} | {u.random_bn:.3f} | {u.margin:+.3f} | | |", flush=True)
 
 
 if __name__ == "__main__":

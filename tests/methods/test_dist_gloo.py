@@ -23,12 +23,32 @@ from tympan.methods.losses import batch_triplet, bilinear_contrastive, cosine_co
 
 _W = torch.eye(6, dtype=torch.float64) * 0.7 + 0.05      # a fixed, non-trivial bilinear W
 
+# Triplet row identities over the global batch of 6: row 3 is clip 0 again, row 5's positive has
+# row 1's clip mixed in (losses.batch_triplet ``keys``), and fixed random-negative picks.
+_KEYS = (torch.tensor([10, 11, 12, 10, 14, 15]), torch.tensor([-1, -1, 14, -1, -1, 11]))
+_PICK = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.99], dtype=torch.float64)
+
+
+def _local(tensors, a, gather, rank):
+    """The rows of global-batch tensors that go with local batch ``a`` (rank's slice; from row 0
+    in the one-process reference)."""
+    start = 0 if gather is None else rank * a.shape[0]
+    return tuple(t[start:start + a.shape[0]] for t in tensors)
+
+
 LOSS_CASES = {
     "cola_bilinear": lambda a, b, gather, rank: bilinear_contrastive(a, b, _W, gather=gather, rank=rank),
     "cola_cosine": lambda a, b, gather, rank: cosine_contrastive(a, b, 0.2, gather=gather, rank=rank),
     "triplet_all": lambda a, b, gather, rank: batch_triplet(a, b, 0.4, gather=gather, rank=rank),
     "triplet_hardest": lambda a, b, gather, rank: batch_triplet(a, b, 0.4, gather=gather, rank=rank,
                                                                  mining="hardest"),
+    "triplet_semihard_keys": lambda a, b, gather, rank: batch_triplet(
+        a, b, 0.4, gather=gather, rank=rank, mining="semi-hard", keys=_local(_KEYS, a, gather, rank)),
+    "triplet_all_keys": lambda a, b, gather, rank: batch_triplet(
+        a, b, 0.4, gather=gather, rank=rank, keys=_local(_KEYS, a, gather, rank)),
+    "triplet_random": lambda a, b, gather, rank: batch_triplet(
+        a, b, 0.4, gather=gather, rank=rank, mining="random", keys=_local(_KEYS, a, gather, rank),
+        pick=_local((_PICK,), a, gather, rank)[0]),
     "audio_text": lambda a, b, gather, rank: audio_text_ranking(a, b, b.flip(-1), (b.detach()[:, :2] > 0).double(), 0.5, gather=gather),
 }
 

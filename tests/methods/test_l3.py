@@ -19,7 +19,8 @@ from tympan.methods.l3 import L3, L3Config, crop_at, resize_frame, sliding_windo
 from tympan.methods.registry import build_method
 
 sys.path.insert(0, str(Path(__file__).parent))
-from learning import PROBE_C, assert_learned, probe_sets, train_and_compare  # noqa: E402
+from learning import (PROBE_C, assert_mean_margin, assert_round_trip, probe_sets,  # noqa: E402
+                      train_and_compare, unseen_probe_sets)
 
 
 # ---- helpers of the samplers -------------------------------------------------------------------
@@ -36,7 +37,9 @@ def test_crop_loop_pads_and_stays_inside():
 
 # ---- L3 ----------------------------------------------------------------------------------------
 L3_STEPS = 500                # the learning test's steps (correspondence needs ~300 to lift off)
-L3_MARGIN = 0.04              # least probe lead over random init (docs/methods.md)
+L3_MARGIN = 0.04              # least mean probe lead over random init, seeds 0-2 (docs/methods.md)
+L3_UNSEEN_MARGIN = 0.08       # ... on classes 8-15, never in a picture or clip it trained on
+L3_SEEDS = (0, 1, 2)
 L3_SMALL = dict(audio_input="mel128", crop_s=0.25, image_size=32, width=0.125, batch_size=16,
                 embed_hop_s=0.25)
 
@@ -92,10 +95,12 @@ def learn_l3(seed: int = 0):
     cfg = L3Config(**{**L3_SMALL, "image_size": 16, "batch_size": 32}, optim=OptimConfig(lr=5e-4))
     acc = []
     result = train_and_compare(L3, cfg, pool, probe_a, probe_b, steps=L3_STEPS, seed=seed,
-                               probe_c=PROBE_C, after_step=lambda m: acc.append(m["accuracy"]))
+                               probe_c=PROBE_C, after_step=lambda m: acc.append(m["accuracy"]),
+                               unseen=unseen_probe_sets())
     return result, acc
 
 
+@pytest.mark.timeout(1800)      # three trainings; on a loaded 2-core machine one took 3-4 min
 def test_l3_learns_correspondence(tmp_path):
     """L3 trains: the loss falls, its correspondence accuracy rises above chance (0.5), and
     its audio tower's clip embedding separates 8 held-out classes better than the same
@@ -103,11 +108,20 @@ def test_l3_learns_correspondence(tmp_path):
 
     Setup (why): lr 5e-4, not l3embedding's 1e-5 (tuned for millions of pairs); at 2e-3 one
     of init seeds 0-3 stayed on the ln 2 plateau for good (seed 2: probe 0.56 vs random 0.78).
+    With the papers' 16 kHz windows (issue 15) a single seed's lead moved by 0.058 with the
+    thread count (+0.051 / +0.109 at seed 0), more than it stands above its requirement, so the
+    verdict is the mean over init seeds 0-2, as COLA's. The unseen classes 8-15 (no picture or
+    clip of them in training) are probed too.
     Per-seed, per-thread-count numbers in docs/methods.md, "What the tests show"."""
-    result, acc = learn_l3()
-    print(f"l3 correspondence accuracy {np.mean(acc[:50]):.3f} -> {np.mean(acc[-50:]):.3f}")
-    assert np.mean(acc[-50:]) > np.mean(acc[:50]) + 0.08, (np.mean(acc[:50]), np.mean(acc[-50:]))
-    assert_learned("l3", result, 0.8, L3_MARGIN, tmp_path)
+    runs = [learn_l3(seed) for seed in L3_SEEDS]
+    for seed, (result, acc) in zip(L3_SEEDS, runs):
+        print(f"l3 seed {seed}: correspondence accuracy {np.mean(acc[:50]):.3f} -> "
+              f"{np.mean(acc[-50:]):.3f}; {result}; unseen classes: {result.unseen}")
+        assert np.mean(acc[-50:]) > np.mean(acc[:50]) + 0.08, (seed, np.mean(acc[:50]), np.mean(acc[-50:]))
+        assert result.loss_ratio < 0.8, (seed, str(result))
+    assert_mean_margin([r for r, _ in runs], L3_MARGIN)
+    assert_mean_margin([r.unseen for r, _ in runs], L3_UNSEEN_MARGIN)
+    assert_round_trip(runs[0][0].model, synthetic_clips(3, n_classes=8, duration_s=1.0, seed=2), tmp_path)
 
 
 def test_l3_full_size_shapes():
@@ -132,6 +146,31 @@ def test_l3_full_size_shapes():
     assert g.shape == (1, 1, 512) and glob.embedding_dim == 512
     # the global max is the max over the grid cells of each channel
     assert torch.allclose(grid.view(1, 512, 12).amax(-1), flat)
+
+
+def test_l3_presets_keep_the_papers_window_durations():
+    """At 16 kHz the presets keep the papers' analysis windows in *time*: L3's linear
+    spectrogram 512 samples at 48 kHz (10.7 ms), OpenL3's mel n_fft 2048 at 48 kHz (42.7 ms),
+    each zero-padded to the papers' FFT size (257 linear bins; fine bins for 256 mel bands);
+    hop 5 ms. A Hann window of win_length samples inside n_fft: a 1 kHz tone's energy spreads
+    over ~2 x n_fft / win_length FFT bins, so the window length is visible in the output."""
+    from tympan.datasets.frontend import PRESETS, frontend_numpy
+    for name, win_s, n_fft in (("linear", 512 / 48000, 512), ("mel128", 2048 / 48000, 2048),
+                               ("mel256", 2048 / 48000, 2048)):
+        fe = PRESETS[f"l3-{name}"]
+        assert fe.sample_rate == 16000 and fe.n_fft == n_fft and fe.hop_length == 80
+        assert abs(fe.win_length / fe.sample_rate - win_s) < 1 / fe.sample_rate, name
+        assert L3Config(audio_input=name).frontend == fe
+    # A 1 kHz tone through the linear preset: the Hann main lobe is 4 x n_fft / win_length bins
+    # wide, ~12 bins for 171 samples against ~4 for a full 512-sample window (the 48 kHz count).
+    import dataclasses
+    tone = np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000).astype(np.float32)[None]
+
+    def width(fe):                                      # bins within 20 dB of the peak
+        spec = np.exp(frontend_numpy(fe, tone)[0, 100])
+        return int((spec > spec.max() * 0.01).sum())
+    full = dataclasses.replace(PRESETS["l3-linear"], win_length=512)
+    assert width(PRESETS["l3-linear"]) >= 3 * width(full), (width(PRESETS["l3-linear"]), width(full))
 
 
 def test_l3_conv_weight_decay_is_in_the_loss():

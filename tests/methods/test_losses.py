@@ -49,16 +49,27 @@ def _sqdist(u, v):
     return sum((x - y) ** 2 for x, y in zip(u, v))
 
 
-def _ref_batch_triplet(a, p, margin, mining):
+def _ref_batch_triplet(a, p, margin, mining, excluded=None, picks=None):
+    """Per anchor: the mean hinge over its chosen negatives; then the mean over anchors that
+    have any. ``excluded[i]``: rows that are no negative of anchor i."""
     a, p = [_unit(x) for x in a], [_unit(x) for x in p]
-    terms = []
+    per_anchor = []
     for i in range(len(a)):
         d_pos = _sqdist(a[i], p[i])
-        d_negs = [_sqdist(a[i], p[j]) for j in range(len(p)) if j != i]
+        d_negs = [_sqdist(a[i], p[j]) for j in range(len(p))
+                  if j != i and j not in (excluded or {}).get(i, ())]
+        if not d_negs:
+            continue
         if mining == "hardest":
             d_negs = [min(d_negs)]
-        terms += [max(0.0, d_pos - d + margin) for d in d_negs]
-    return sum(terms) / len(terms)
+        elif mining == "semi-hard":
+            farther = [d for d in d_negs if d > d_pos]
+            d_negs = [min(farther)] if farther else [max(d_negs)]
+        elif mining == "random":
+            d_negs = [d_negs[int(picks[i] * len(d_negs))]]
+        terms = [max(0.0, d_pos - d + margin) for d in d_negs]
+        per_anchor.append(sum(terms) / len(terms))
+    return sum(per_anchor) / len(per_anchor)
 
 
 @pytest.fixture
@@ -140,14 +151,57 @@ def test_triplet_margin_k_negatives_and_reference():
     assert triplet_margin(a, p, n, 0.5).item() == pytest.approx(sum(ref) / len(ref), rel=1e-10)
 
 
-@pytest.mark.parametrize("mining", ["all", "hardest"])
+PICKS = [0.05, 0.95, 0.5, 0.3, 0.7]
+
+
+@pytest.mark.parametrize("mining", ["all", "hardest", "semi-hard", "random"])
 def test_batch_triplet_matches_reference(mining):
     g = torch.Generator().manual_seed(1)
     a, p = torch.randn(5, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
-    got = batch_triplet(a, p, 0.3, mining=mining).item()
-    assert got == pytest.approx(_ref_batch_triplet(a.tolist(), p.tolist(), 0.3, mining), rel=1e-10)
+    pick = torch.tensor(PICKS, dtype=torch.float64)
+    got = batch_triplet(a, p, 0.3, mining=mining, pick=pick).item()
+    assert got == pytest.approx(_ref_batch_triplet(a.tolist(), p.tolist(), 0.3, mining, picks=PICKS),
+                                rel=1e-10)
+    # Row identities: row 4 is clip 0 again (no negative of each other); row 3's positive has
+    # clip 1 mixed in (p_mix), so it is no negative of anchor 1.
+    keys = (torch.tensor([7, 8, 9, 10, 7]), torch.tensor([-1, -1, -1, 8, -1]))
+    got = batch_triplet(a, p, 0.3, mining=mining, pick=pick, keys=keys).item()
+    want = _ref_batch_triplet(a.tolist(), p.tolist(), 0.3, mining, picks=PICKS,
+                              excluded={0: {4}, 4: {0}, 1: {3}})
+    assert got == pytest.approx(want, rel=1e-10)
     with pytest.raises(ValueError, match="at least 2"):
         batch_triplet(a[:1], p[:1], 0.3)
+
+
+def test_batch_triplet_mined_negatives():
+    """Which negative each mining picks, in closed form. Unit vectors on a circle: anchor 0 at
+    angle 0, its positive at 0.5 rad, the other rows' positives at 0.2 (closer than the
+    positive), 0.8 and 2.0 rad. Rows 1-3 are one clip (no negatives of each other) and row 0's
+    positive has that clip mixed in (no negative of theirs): only anchor 0 has negatives."""
+    ang = torch.tensor([0.5, 0.2, 0.8, 2.0], dtype=torch.float64)
+    p = torch.stack([ang.cos(), ang.sin()], 1)
+    a = torch.tensor([[1.0, 0.0]] * 4, dtype=torch.float64)
+    keys = (torch.tensor([0, 5, 5, 5]), torch.tensor([5, -1, -1, -1]))
+    d = lambda x: 2 - 2 * math.cos(x)                                 # noqa: E731 squared distance
+    term = lambda x: d(0.5) - d(x) + 3.0                              # noqa: E731 margin 3: all > 0
+    for mining, pick, angle in (("hardest", 0.0, 0.2), ("semi-hard", 0.0, 0.8), ("random", 0.0, 0.2),
+                                ("random", 0.5, 0.8), ("random", 0.99, 2.0)):
+        got = batch_triplet(a, p, 3.0, mining=mining, keys=keys,
+                            pick=torch.full((4,), pick, dtype=torch.float64)).item()
+        assert got == pytest.approx(term(angle), rel=1e-12), (mining, pick)
+    # all: the mean over anchor 0's three negatives
+    assert batch_triplet(a, p, 3.0, keys=keys).item() == pytest.approx(
+        (term(0.2) + term(0.8) + term(2.0)) / 3, rel=1e-12)
+    # Semi-hard without any negative farther than the positive: the farthest one (TF Addons).
+    close = torch.stack([ang.cos(), ang.sin()], 1)
+    close[1:] = torch.tensor([[math.cos(0.1), math.sin(0.1)], [math.cos(0.2), math.sin(0.2)],
+                              [math.cos(0.3), math.sin(0.3)]], dtype=torch.float64)
+    assert batch_triplet(a, close, 3.0, mining="semi-hard", keys=keys).item() == pytest.approx(
+        term(0.3), rel=1e-12)
+    with pytest.raises(ValueError, match="semi-hard"):
+        batch_triplet(a, p, 0.3, mining="nearest")
+    with pytest.raises(ValueError, match="pick"):
+        batch_triplet(a, p, 0.3, mining="random")
 
 
 def test_ranking_triplet():

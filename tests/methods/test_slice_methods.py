@@ -104,7 +104,8 @@ def test_full_size_default(name):
     clips = synthetic_clips(2, duration_s=11.0)
     batch = model.sample_views(cfg, clips, np.random.default_rng(0))
     for key, arr in batch.items():
-        assert arr.dtype == np.float32 and arr.shape[0] == 2, key
+        ints = ("clip_key", "mix_key") if name == "triplet" else ()   # row identities (p_mix)
+        assert arr.dtype == (np.int64 if key in ints else np.float32) and arr.shape[0] == 2, key
         if arr.ndim >= 3:
             assert arr.shape[-2:] == (SPAN[name], 64), key
     model.eval()
@@ -199,6 +200,36 @@ def test_triplet_augmentations_change_only_the_positive(data):
     aug = sample(aug_cfg, clips, np.random.default_rng(3))
     assert np.array_equal(plain["anchor"], aug["anchor"])
     assert not np.allclose(plain["positive"], aug["positive"])
+
+
+def test_triplet_mixed_in_clip_is_no_negative_of_its_anchor(data):
+    """With p_mix the positive of clip i carries clip j's audio; that positive must not be a
+    negative of anchor j. The sampler marks rows by clip identity (rows are shuffled between
+    sampler and trainer), the loss drops those pairs."""
+    from tympan.methods.triplet import clip_key
+    sample = get_method("triplet").sample_views
+    cfg = dataclasses.replace(small_cfg("triplet", batch_size=4), p_mix=1.0)
+    clips = data["train"][:4]
+    keys = [clip_key(c.clip_id) for c in clips]
+    batch = sample(cfg, clips, np.random.default_rng(0))
+    assert batch["clip_key"].tolist() == keys and len(set(keys)) == 4
+    assert all(m in keys and m != k for k, m in zip(keys, batch["mix_key"].tolist()))
+    assert sample(dataclasses.replace(cfg, p_mix=0.0), clips, np.random.default_rng(0))["mix_key"].tolist() == [-1] * 4
+    # Two clips, each mixed into the other's positive: no anchor has a negative left, so the
+    # loss is 0; unmixed, the same network has a positive loss (margin 0.1 at init).
+    torch.manual_seed(0)
+    model = get_method("triplet")(cfg).eval()
+    two = sample(cfg, clips[:2], np.random.default_rng(0))
+    assert two["mix_key"].tolist() == two["clip_key"].tolist()[::-1]
+    with torch.no_grad():
+        mixed, _ = model.loss(model.to_tensors(two))
+        unmarked, _ = model.loss(model.to_tensors({k: two[k] for k in ("anchor", "positive")}))
+    assert float(mixed) == 0.0 and float(unmarked) > 0.0
+    for mining in ("hardest", "semi-hard", "random"):
+        m = get_method("triplet")(dataclasses.replace(cfg, mining=mining)).eval()
+        with torch.no_grad():
+            loss, _ = m.loss(m.to_tensors(batch))
+        assert torch.isfinite(loss), mining
 
 
 def test_cola_positive_noise_snr_as_released_code():

@@ -104,6 +104,10 @@ def test_keyword_examples_are_deterministic_for_a_seed():
     assert all(np.array_equal(x.audio, y.audio) for x, y in zip(a, b))
     c = keyword_examples(tiny, 8)
     assert [e.clip_id for e in a] != [e.clip_id for e in c]
+    # Each clip records its word's span (Audio Word2Vec's segments=words reads it).
+    for e in a:
+        [(word, start, end)] = e.meta["word_alignment"]
+        assert word == e.meta["transcript"] and 0 <= start < end <= 1.0 and end - start > 0.1, e.meta
 
 
 # ---- synthesized tasks at scale small -----------------------------------------------------
