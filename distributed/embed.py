@@ -258,8 +258,9 @@ def _iter_ray(units: list[dict[str, Any]], models: Mapping[str, Any], timestamps
               batch_rows: int, num_actors: int | None) -> Iterator[dict[str, Any]]:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    from tympan.distributed.cluster import ensure_ray
+
+    ensure_ray(include_dashboard=False, log_to_driver=False)
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))

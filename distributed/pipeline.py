@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from tympan.config import ConfigError, check
 from tympan.datasets.clip import Clip
 from tympan.datasets.frontend import Frontend, deferred_frontend
+from tympan.distributed.cluster import ensure_ray
 from tympan.distributed.ledger import BadClip, session_ledger
 from tympan.distributed.sources import (AVPlan, AVSource, Bad, DataSource, MixerPlan, MixerSource,
                                         Plan, ShardPlan, ShardSource, SpectraPlan, SpectraSource,
@@ -440,8 +441,7 @@ def build_pipeline(source: DataSource | str, method: str, method_cfg: Any = None
     if stop <= first:
         raise ConfigError("start", start, f"at or past the end of the stream ({epochs} epochs of "
                           f"{plan.units_per_epoch} units)")
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray()
     ledger, pid = session_ledger(), uuid.uuid4().hex
     # The plan (all shard URIs) goes to the object store once, not into every read task.
     stage = _Stage(pid, method, method_cfg, cfg, plan.units_per_epoch)

@@ -718,10 +718,9 @@ def load_run_record(out: str | Path) -> dict | None:
 def _init_ray(address: str | None):
     """``--address``, else RAY_ADDRESS (set under ``ray job submit``), else an embedded local
     cluster: never an unrelated cluster that happens to run on this machine."""
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, configure_logging=False)
-    return ray
+    from tympan.distributed.cluster import ensure_ray
+
+    return ensure_ray(address)
 
 
 def _release_placement_groups() -> None:
