@@ -16,8 +16,7 @@ pair the audio with a frame of another video.
   The presets keep the papers' window *durations* at 16 kHz: L3's 512 samples at 48 kHz =
   10.7 ms -> 171 samples, OpenL3's 2048 at 48 kHz = 42.7 ms -> 683 samples, zero-padded to the
   papers' FFT sizes 512 / 2048 (keeping the sample counts would give 32 ms / 128 ms windows).
-* evaluation embedding (``embed_pool``): ``grid`` (the paper's; default ``global`` until the
-  learning test is re-measured with it) max-pools the audio tower's last
+* evaluation embedding (``embed_pool``): ``grid`` (the paper's, the default) max-pools the audio tower's last
   conv block to a ``embed_grid`` = 3 (time) x 4 (frequency) grid and flattens it: 512 x 12 =
   6144-d, OpenL3's "original" pooling (Cramer et al. 2019; marl/openl3, whose last pool turns
   the 1-s mel256 map of 24 x 32 into 3 x 4), the embedding behind the published downstream
@@ -100,7 +99,7 @@ class L3Config:
     saturation: float = 0.5             # saturation factor U(1 - s, 1 + s) (l3embedding)
     brightness: float = 32.0 / 255.0    # additive delta U(-b, b) on [0, 1] images (l3embedding)
     embed_hop_s: float = 0.1            # OpenL3's default hop for timestamp embeddings
-    embed_pool: Literal["grid", "global"] = "global"   # "grid" = OpenL3 "original" (paper)
+    embed_pool: Literal["grid", "global"] = "grid"     # OpenL3 "original" (paper); "global": 512-d
     embed_grid: tuple[int, int] = (3, 4)             # (time, frequency) cells: 512 x 12 = 6144
     conv_l2: float = 0.0                # l3embedding: 1e-5 on conv kernels, added to the loss
     batch_size: int = 64                # l3embedding
