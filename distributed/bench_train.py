@@ -91,26 +91,23 @@ def _shards(root: Path, n_shards: int, per_shard: int, seed: int) -> None:
         write_shard(str(root / shard_name(s)), recs)
 
 
-class InMemoryFeed:
+def _in_memory_feed(batches: list[dict[str, np.ndarray]]):
     """The benchmark's fixed batches as the trainer's "train" dataset (rows in the object
-    store): the Ray Train loop then reads exactly what the plain loop reads."""
+    store): the Ray Train loop then reads exactly what the plain loop reads. A
+    :class:`~tympan.distributed.train.DataFeed`, so it answers everything ``pretrain`` asks of
+    a feed (bad clips, slice counts: none here)."""
+    from tympan.distributed.train import DataFeed
 
-    registry_name = None
-    shuffle_buffer = 0
+    class InMemoryFeed(DataFeed):
+        registry_name = None
+        shuffle_buffer = 0
 
-    def __init__(self, batches: list[dict[str, np.ndarray]]):
-        self.batches = batches
+        def setup(self, experiment_uri: str) -> dict[str, Any]:
+            import ray
 
-    def setup(self, experiment_uri: str) -> dict[str, Any]:
-        import ray
+            return {"train": ray.data.from_items(_rows(batches))}
 
-        return {"train": ray.data.from_items(_rows(self.batches))}
-
-    def bad_clips(self) -> dict:
-        return {"count": 0, "by_reason": {}, "clips": []}
-
-    def shutdown(self) -> None:
-        pass
+    return InMemoryFeed()
 
 
 def _rows(batches):
@@ -173,7 +170,7 @@ def run_bench_train(cfg: BenchTrainConfig = BenchTrainConfig()) -> dict:
         stamp = time.strftime("%H%M%S")
         ray_run = pretrain(RunSpec(method=method, data=str(shards), workers=(1, 1),
                                    name=f"{method}-ray-{stamp}", out=str(work / "runs" / f"{method}-ray-{stamp}"),
-                                   tracking_uri=tracking), train, mcfg, feed=InMemoryFeed(batches),
+                                   tracking_uri=tracking), train, mcfg, feed=_in_memory_feed(batches),
                            verbose=False)
         piped = pretrain(RunSpec(method=method, data=str(shards), workers=(cfg.workers, cfg.workers),
                                  name=f"{method}-pipe-{stamp}", out=str(work / "runs" / f"{method}-pipe-{stamp}"),

@@ -39,3 +39,21 @@ def test_bench_data_quick_writes_every_key(tmp_path):
     n = res["cores"]
     assert f"| cola | {n} |" in text and f"| l3 | {n} |" in text and "Feeding one H100" in text
     assert not (tmp_path / "docs").exists()          # --quick writes no docs/benchmarks.md
+
+
+@pytest.mark.slow
+def test_bench_train_quick_runs_every_loop(tmp_path):
+    """``tympan bench train --quick`` for one method: the plain loop, the Ray Train loop on the
+    same batches and the pipeline-fed run all finish and report (no speed is asserted)."""
+    out, md = tmp_path / "out.json", tmp_path / "bench.md"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "tympan", "bench", "train", "--quick",
+                          "--methods", "triplet", "--json", str(out), "--out", str(md)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["method"] == "triplet"
+    for key in ("plain_samples_per_s", "ray_samples_per_s", "pipeline_samples_per_s"):
+        assert math.isfinite(row[key]) and row[key] > 0, (key, row[key])
+    assert 0.0 <= row["pipeline_data_wait_fraction"] <= 1.0
+    assert "| triplet |" in md.read_text()
