@@ -13,9 +13,9 @@ bird detection, speech/music/noise and the AV corpus's own object classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from tympan.config import ConfigError, check
 from tympan.tuning import data as D
@@ -80,7 +80,7 @@ def run_grid(kind: str, spec: GridSpec, opts: StudyOptions, log: Callable = prin
     """Run (or continue) the grid; write results, plot and comparison; returns paths + rows."""
     from ray import tune
 
-    from tympan.tuning import report, study as S
+    from tympan.tuning import study as S
 
     root = D.ensure_corpus(opts.corpus, log=log)
     opts.corpus = str(root)

@@ -86,7 +86,6 @@ def _sweep_trial(config: dict) -> None:
 def run_sweep(method: str, space_path: str, opts: StudyOptions, *, scheduler: str = "asha",
               samples: int = 8, steps: int = 40, val_every: int = 10, size: int | None = None,
               overrides: tuple[str, ...] = (), seed: int = 0, log: Callable = print) -> dict:
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tympan.distributed.train import resolve_configs
