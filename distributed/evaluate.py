@@ -150,8 +150,8 @@ class EvalConfig:
     models: tuple[str, ...] = MODELS
     backend: str = "ray"                  # "ray": Ray Data actor pool; "local": same code in-process
     max_clips_per_split: int | None = None
-    supervised_steps: int = 300
-    supervised_batch: int = 32
+    supervised_steps: int = 100           # methods/baselines.py SupervisedConfig's defaults
+    supervised_batch: int = 16
     supervised_lr: float = 1e-3
     num_actors: int | None = None
 
@@ -198,7 +198,7 @@ def _probe_scores(task: Task, x: np.ndarray, y: list, split: np.ndarray, seed: i
 
 def _supervised_scores(task: Task, method: str, method_cfg: Any, waves: list, y: list,
                        split: np.ndarray, seed: int, cfg: EvalConfig) -> dict[str, float]:
-    from tympan.methods.baselines import SupervisedConfig, supervised_score
+    from tympan.methods.baselines import SupervisedConfig, supervised_score, supervised_scores
 
     scfg = SupervisedConfig(steps=cfg.supervised_steps, batch_size=cfg.supervised_batch,
                             lr=cfg.supervised_lr)
@@ -217,11 +217,10 @@ def _supervised_scores(task: Task, method: str, method_cfg: Any, waves: list, y:
                                     multilabel=task.multilabel, cfg=scfg, seed=seed)
             scores.append(s)
         return {"test": float(np.mean(scores))}
-    out = {}
-    for s in ["test", *task.extra_tests]:
-        out[s], _ = supervised_score(method, method_cfg, take(split == "train"),
-                                     take(split == "valid"), take(split == s),
-                                     multilabel=task.multilabel, cfg=scfg, seed=seed)
+    # one trained model per seed, scored on the test split and every extra test split
+    out, _ = supervised_scores(method, method_cfg, take(split == "train"), take(split == "valid"),
+                               {s: take(split == s) for s in ["test", *task.extra_tests]},
+                               multilabel=task.multilabel, cfg=scfg, seed=seed)
     return out
 
 

@@ -479,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
     ev.add_argument("--models", default=",".join(("pretrained", "random-init", "log-mel", "supervised")),
                     help="comma-separated subset of pretrained,random-init,log-mel,supervised")
-    ev.add_argument("--supervised-steps", type=int, default=300)
+    ev.add_argument("--supervised-steps", type=int, default=100,
+                    help="training steps of the supervised baseline (default 100)")
     ev.add_argument("--max-clips-per-split", type=int, default=None)
     ev.add_argument("--backend", choices=["ray", "local"], default="ray")
     ev.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: "
