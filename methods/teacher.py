@@ -119,19 +119,26 @@ def _read_image(path: Path, size: int) -> np.ndarray:
         return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
-def load_image_set(folder: str | Path, labels_csv: str | Path | None, size: int
-                   ) -> tuple[np.ndarray, list[str]]:
+def load_image_set(folder: str | Path, labels_csv: str | Path | None, size: int,
+                   split: str | None = None) -> tuple[np.ndarray, list[str]]:
     """Images uint8 ``[N, size, size, 3]`` + labels from ``folder/<label>/*.jpg`` or from a
-    ``file,label`` CSV (file relative to ``folder``)."""
+    ``file,label`` CSV (file relative to ``folder``; ``path`` is read as ``file``, so the
+    offline corpus's ``av/images/labels.csv`` loads as it is). ``split``: keep only the CSV's
+    rows whose ``split`` column is this value."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     if labels_csv is not None:
         with open(labels_csv, newline="") as fh:
             rows = list(csv.DictReader(fh))
-        if not rows or not {"file", "label"} <= set(rows[0]):
-            raise ValueError(f"{labels_csv}: needs a header with columns 'file' and 'label'")
-        items = [(folder / r["file"], r["label"]) for r in rows]
+        key = "file" if rows and "file" in rows[0] else "path"
+        if not rows or not {key, "label"} <= set(rows[0]):
+            raise ValueError(f"{labels_csv}: needs a header with columns 'file' (or 'path') and 'label'")
+        if split is not None:
+            if "split" not in rows[0]:
+                raise ValueError(f"{labels_csv}: no 'split' column to select split={split!r} from")
+            rows = [r for r in rows if r["split"] == split]
+        items = [(folder / r[key], r["label"]) for r in rows]
     else:
         items = [(p, d.name) for d in sorted(folder.iterdir()) if d.is_dir()
                  for p in sorted(d.iterdir()) if p.suffix.lower() in _IMAGE_EXT]

@@ -91,6 +91,29 @@ def test_teacher_recipe_from_folder_and_csv(tmp_path):
         train_teacher(images[:2], labels[:1], out_path=tmp_path / "t3")
 
 
+def test_image_set_reads_the_offline_corpus_labels_csv(tmp_path):
+    """``av/images/labels.csv`` (path,label,split) loads as written; ``split`` selects rows."""
+    from PIL import Image
+
+    from tympan.methods.teacher import load_image_set
+
+    images, labels = _frames(6, seed=13)
+    rows = []
+    for i, (img, label) in enumerate(zip(images, labels)):
+        split = "train" if i < 4 else "test"
+        (tmp_path / split / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / split / label / f"{i}.jpg")
+        rows.append({"path": f"{split}/{label}/{i}.jpg", "label": label, "split": split})
+    with open(tmp_path / "labels.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["path", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    x, y = load_image_set(tmp_path, tmp_path / "labels.csv", 16)
+    assert x.shape == (6, 16, 16, 3) and y == list(labels)
+    x, y = load_image_set(tmp_path, tmp_path / "labels.csv", 16, split="train")
+    assert x.shape == (4, 16, 16, 3) and y == list(labels[:4])
+
+
 def test_teacher_errors_name_the_problem(tmp_path, teacher):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_teacher(TeacherConfig(path=str(tmp_path / "missing.pt")), 8)
