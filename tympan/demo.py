@@ -57,28 +57,34 @@ class DemoConfig:
 
 
 def pretrain_in_process(method: str, clips: Sequence, *, steps: int, batch_size: int, seed: int,
-                        overrides: Sequence[str] = (), log_every: int = 25):
-    """Train ``method`` on random batches of ``clips`` for ``steps`` steps on this process."""
+                        overrides: Sequence[str] = (), log_every: int = 25, device: str = "cpu",
+                        max_seconds: float | None = None):
+    """Train ``method`` on random batches of ``clips`` for ``steps`` steps on this process
+    (its network on ``device``; views are sampled on the CPU, as the pipeline does), or until
+    ``max_seconds`` have passed; ``len(losses)`` says how many steps ran."""
     from tympan.config import build
     from tympan.methods.registry import get_method
 
     cls = get_method(method)
     cfg = build(cls.config_cls, {"batch_size": batch_size}, overrides)
     torch.manual_seed(seed)
-    model = cls(cfg)
+    model = cls(cfg).to(device)
     opt = model.configure_optimizer()
     rng = np.random.default_rng(seed)
     losses = []
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
         idx = rng.choice(len(clips), size=batch_size, replace=len(clips) < batch_size)
-        batch = model.to_tensors(cls.sample_views(cfg, [clips[i] for i in idx], rng))
+        batch = model.to_tensors(cls.sample_views(cfg, [clips[i] for i in idx], rng), device)
         metrics = model.train_step(batch, opt)
         losses.append(metrics["loss"])
         if step % log_every == 0 or step == steps:
             print(f"  step {step:4d}/{steps}  loss {np.mean(losses[-log_every:]):.4f}  "
                   f"({step * batch_size / (time.perf_counter() - t0):.0f} clips/s)", flush=True)
-    return model.eval(), losses
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            print(f"  stopped at step {step}/{steps}: {max_seconds} s budget", flush=True)
+            break
+    return model.cpu().eval(), losses
 
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict:
