@@ -87,7 +87,104 @@ def pack(corpus: Path, out: Path, av_frames: int, frame_size: int, teacher_size:
           f"{out.stat().st_size / 2**20:.1f} MiB")
 
 
-def _clips(packed, method: str):
+def pools(corpus: Path, out: Path, utterances_per_voice: int, melodies: int, seed: int) -> None:
+    """What the offline pretraining mixer draws from, made portable: its recorded FLAC pools
+    copied, and its two live synthesizers (espeak-ng speech, General-MIDI melodies) rendered
+    ahead into FLAC pools, so that fresh mixes can be made where neither tool is installed."""
+    import shutil
+
+    import soundfile as sf
+
+    from tympan.datasets.offline.music import render_melody
+    from tympan.datasets.offline.speech import speak
+
+    src = json.loads((corpus / "pretrain" / "sources.json").read_text())
+    rng = np.random.default_rng(seed)
+    (out / "flac").mkdir(parents=True, exist_ok=True)
+    recordings = {}
+    for kind, items in src["recordings"].items():
+        recordings[kind] = []
+        for i, item in enumerate(items):
+            name = f"{kind}-{i:04d}.flac"
+            shutil.copyfile(item["flac"], out / "flac" / name)
+            recordings[kind].append({**item, "flac": name})
+    rendered = {"espeak": [], "melody": []}
+    for v in src.get("espeak", []):
+        for text in v["texts"][:utterances_per_voice]:
+            x = speak(text, voice=v["voice"], variant=v["variant"], speed=int(rng.integers(130, 190)),
+                      pitch=int(rng.integers(25, 80)))
+            name = f"espeak-{len(rendered['espeak']):04d}.flac"
+            sf.write(out / "flac" / name, x, 16000)
+            rendered["espeak"].append({"flac": name, "voice": f"{v['voice']}+{v['variant']}"})
+    programs = src.get("programs", [])
+    for i in range(melodies if programs else 0):
+        p = int(programs[i % len(programs)])
+        x = render_melody(rng, p, src["soundfont"], 10.0)
+        name = f"melody-{i:04d}.flac"
+        sf.write(out / "flac" / name, x, 16000)
+        rendered["melody"].append({"flac": name, "program": p})
+    (out / "sources.json").write_text(json.dumps({**src, "recordings": recordings, **rendered}))
+    size = sum(f.stat().st_size for f in (out / "flac").iterdir())
+    print(f"{out}: {sum(len(v) for v in recordings.values())} recordings, "
+          f"{len(rendered['espeak'])} utterances, {len(rendered['melody'])} melodies; {size / 2**20:.1f} MiB")
+
+
+def live_mixer(pools_dir: Path):
+    """The offline corpus's own :class:`PretrainMixer` over a :func:`pools` folder: recorded
+    sources as they are, espeak-ng and melodies drawn from the rendered pools."""
+    import soundfile as sf
+
+    from tympan.datasets.offline.mix import chain_to, crop_to
+    from tympan.datasets.offline.pretrain import PretrainMixer
+
+    src = json.loads((pools_dir / "sources.json").read_text())
+    for items in src["recordings"].values():
+        for item in items:
+            item["flac"] = str(pools_dir / "flac" / item["flac"])
+    speech_pool, melody_pool = src.pop("espeak"), src.pop("melody")
+    src["espeak"], src["programs"] = [], []
+
+    class Live(PretrainMixer):
+        def _speech(self, rng, n, meta):
+            if speech_pool and rng.random() < self.cfg.p_espeak:
+                first = speech_pool[int(rng.integers(len(speech_pool)))]
+                same = [u for u in speech_pool if u["voice"] == first["voice"]]
+                pieces = [sf.read(str(pools_dir / "flac" / same[int(rng.integers(len(same)))]["flac"]),
+                                  dtype="float32")[0] for _ in range(2)]
+                meta["voices"].append(first["voice"])
+                return chain_to(rng, pieces, n, gap_s=(0.3, 1.5))[0]
+            return super()._speech(rng, n, meta)
+
+        def _music(self, rng, n, meta):
+            if melody_pool and rng.random() < self.cfg.p_melody:
+                m = melody_pool[int(rng.integers(len(melody_pool)))]
+                meta["programs"].append(m["program"])
+                return crop_to(rng, sf.read(str(pools_dir / "flac" / m["flac"]), dtype="float32")[0], n)
+            return super()._music(rng, n, meta)
+
+    return Live(src)
+
+
+def _mix_range(pools_dir: str, seed: int, start: int, stop: int) -> np.ndarray:
+    mixer = live_mixer(Path(pools_dir))
+    return np.stack([np.clip(np.round(mixer.generate_clip(seed, i).audio * 32767), -32768, 32767)
+                     .astype(np.int16) for i in range(start, stop)])
+
+
+def mix_clips(pools_dir: Path, n: int, out: Path, jobs: int, seed: int = 7) -> None:
+    """``n`` fresh mixes (stream ``seed``, not the corpus's seed 0) into one int16 .npy."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    bounds = np.linspace(0, n, 4 * jobs + 1).astype(int)
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        parts = list(pool.map(_mix_range, [str(pools_dir)] * (len(bounds) - 1), [seed] * (len(bounds) - 1),
+                              bounds[:-1], bounds[1:]))
+    np.save(out, np.concatenate(parts))
+    print(f"{n} live mixes in {time.perf_counter() - t0:.0f} s -> {out}", flush=True)
+
+
+def _clips(packed, method: str, live: str | None = None):
     from tympan.datasets.clip import Clip
 
     if method in AV_METHODS:
@@ -96,6 +193,9 @@ def _clips(packed, method: str):
         times = (np.arange(k) + 0.5) * dur / k
         return [Clip(str(i), a.astype(np.float32) / 32767, frames=f, frame_times=times)
                 for i, a, f in zip(packed["av_ids"], packed["av_audio"], packed["av_frames"])]
+    if live:
+        audio = np.load(live, mmap_mode="r")
+        return [Clip(f"live-{i}", audio[i].astype(np.float32) / 32767) for i in range(len(audio))]
     return [Clip(str(i), a.astype(np.float32) / 32767, meta={"transcript": str(t)})
             for i, a, t in zip(packed["ids"], packed["audio"], packed["transcripts"])
             if method != "audio-text" or str(t).strip()]      # as the pipeline drops them
@@ -124,7 +224,7 @@ def _train_one(label: str, args, teacher: str | None) -> dict:
 
     torch.set_num_threads(args.threads)
     packed = np.load(args.pack)
-    clips = _clips(packed, method)
+    clips = _clips(packed, method, args.live_npy)
     overrides = _overrides(method, args, teacher) + list(args.set.get(name, [])) * (name != method)
     t0 = time.perf_counter()
     model, losses = pretrain_in_process(method, clips, steps=args.steps, batch_size=args.batch,
@@ -159,6 +259,10 @@ def train(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher = None
+    args.live_npy = None
+    if args.live:
+        args.live_npy = str(out / "live.npy")
+        mix_clips(Path(args.live), args.live_clips, Path(args.live_npy), args.mix_jobs)
     if any(m.partition("=")[2] == "soundnet" or m == "soundnet" for m in args.methods):
         from tympan.methods.teacher import train_teacher
         packed = np.load(args.pack)
@@ -191,6 +295,9 @@ def evaluate_all(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    if args.table_only:
+        print(table(summary, args.tasks))
+        return
     for path in sorted(Path(args.models).glob("*.pt")):
         method = path.stem
         if method == "teacher" or (args.methods and method not in args.methods) or method in summary:
@@ -220,6 +327,13 @@ def table(summary: dict, tasks) -> str:
         lm = np.mean([by[(t, "log-mel")] for t in ts])
         won = sum(by[(t, "pretrained")] > by[(t, "random-init")] for t in ts)
         lines.append(f"| {method} | {p:.3f} | {r:.3f} | {p - r:+.3f} | {won}/{len(ts)} | {lm:.3f} |")
+    # Per task: pretrained (random-init mean ± std over its seeds).
+    lines += ["", "| method | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for method, s in summary.items():
+        by = {(r["task"], r["model"]): r for r in s["rows"]}
+        cells = [f"{by[(t, 'pretrained')]['mean']:.3f} ({by[(t, 'random-init')]['mean']:.3f} ± "
+                 f"{by[(t, 'random-init')]['std']:.3f})" if (t, "pretrained") in by else "-" for t in tasks]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +346,12 @@ def main(argv=None) -> int:
     p.add_argument("--av-frames", type=int, default=4)
     p.add_argument("--frame-size", type=int, default=64)
     p.add_argument("--teacher-size", type=int, default=64)
+    q = sub.add_parser("pools")
+    q.add_argument("corpus", type=Path)
+    q.add_argument("out", type=Path)
+    q.add_argument("--utterances-per-voice", type=int, default=2)
+    q.add_argument("--melodies", type=int, default=40)
+    q.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train")
     t.add_argument("pack")
     t.add_argument("--out", required=True)
@@ -241,6 +361,10 @@ def main(argv=None) -> int:
     t.add_argument("--width", default="0.25")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--max-seconds", type=float, default=None, help="per method: stop early")
+    t.add_argument("--live", default=None, help="a `pools` folder: train the audio methods on "
+                   "--live-clips fresh mixes from it instead of the packed corpus mixes")
+    t.add_argument("--live-clips", type=int, default=2000)
+    t.add_argument("--mix-jobs", type=int, default=4)
     t.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     t.add_argument("--jobs", type=int, default=1, help="methods trained at once (one process each)")
     t.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -257,9 +381,12 @@ def main(argv=None) -> int:
     e.add_argument("--tasks", nargs="*", default=TASKS)
     e.add_argument("--seeds", type=int, default=3)
     e.add_argument("--max-clips-per-split", type=int, default=60)
+    e.add_argument("--table-only", action="store_true", help="print the table of OUT/summary.json")
     args = ap.parse_args(argv)
     if args.cmd == "pack":
         pack(args.corpus, args.out, args.av_frames, args.frame_size, args.teacher_size)
+    elif args.cmd == "pools":
+        pools(args.corpus, args.out, args.utterances_per_voice, args.melodies, args.seed)
     elif args.cmd == "train":
         extra: dict[str, list[str]] = {}
         for s in args.set:
