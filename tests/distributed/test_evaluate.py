@@ -292,7 +292,7 @@ def test_evaluate_a_runs_uri_checkpoint_and_tag_its_run(offline_small, mlflow_se
     assert "results.json" in {a.path for a in mlflow.MlflowClient().list_artifacts(ev.info.run_id)}
 
 
-# Measured (docs/results.md section 4; 3 seeds, whole splits of the small build): supervised
+# Measured (docs/results.md section 5; 3 seeds, whole splits of the small build): supervised
 # minus random-init, means over seeds, +0.48 on pitch and +0.24 on language_id, one seed's score
 # moving by up to ~0.17. A margin of 0.10 on the means is well inside both gaps. Not asserted:
 # speech_music_noise (+0.02) and bird_detection (-0.01), where the gap is inside the seed spread.
