@@ -11,7 +11,7 @@
   It is scored like every other row (``supervised_score``): the trained encoder is frozen and
   the same standardised, validation-tuned linear probe is fit on its clip embeddings, so the
   rows differ only in the features. Trained on whole clips (up to ``crop_s``), with BatchNorm
-  statistics re-estimated for the weights being scored (docs/results.md section 4 has the
+  statistics re-estimated for the weights being scored (docs/results.md section 5 has the
   measurements behind these choices).
 
 Pure torch / numpy: ``tympan.distributed.evaluate`` runs them per task.
@@ -147,7 +147,7 @@ def recalibrate_batchnorm(model: nn.Module, waves: Sequence[np.ndarray], n: int,
     Why: eval mode normalises with running averages (momentum 0.1) that mix the statistics of
     weights tens of steps old; after a few dozen steps of a fast-moving network they are off and
     a checkpoint scores near chance on validation although its training-mode outputs are right
-    (measured in docs/results.md section 4). Leaves the model in eval mode."""
+    (measured in docs/results.md section 5). Leaves the model in eval mode."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or n_batches < 1:
         model.eval()

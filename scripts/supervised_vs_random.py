@@ -1,5 +1,5 @@
 """The supervised baseline against the random-init probe on small offline tasks (docs/results.md,
-section 4): the 1/8-width triplet architecture, both models scored by ``tympan evaluate``'s code.
+section 5): the 1/8-width triplet architecture, both models scored by ``tympan evaluate``'s code.
 
     python scripts/supervised_vs_random.py data/offline --per-split 0       # whole splits
     python scripts/supervised_vs_random.py data/offline --per-split 16      # 16 clips per split
