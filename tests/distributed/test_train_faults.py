@@ -66,12 +66,13 @@ def _run(cluster, out: Path, data: Path, workers: str, on_checkpoint, env: dict 
     reader.start()
     snapshot = out / "checkpoints" / out.name / "checkpoint_manager_snapshot.json"
     registered: list[tuple[int, str]] = []
-    threading.Thread(target=_watch, args=(snapshot, proc, registered), daemon=True).start()
+    watcher = threading.Thread(target=_watch, args=(snapshot, proc, registered), daemon=True)
+    watcher.start()
     n_workers = int(workers.split("-")[-1])
     deadline = time.time() + 1200
     while time.time() < deadline and proc.poll() is None:
         pids = train_worker_pids(cluster)
-        if _registered_checkpoint(snapshot) and len(pids) == n_workers:
+        if registered and len(pids) == n_workers:        # _watch saw the first registration
             on_checkpoint(pids)
             break
         time.sleep(0.2)
@@ -80,6 +81,7 @@ def _run(cluster, out: Path, data: Path, workers: str, on_checkpoint, env: dict 
         raise AssertionError("no checkpoint / worker pids before the run ended:\n" + "".join(lines[-60:]))
     rc = proc.wait(timeout=1200)
     reader.join(timeout=30)
+    watcher.join(timeout=30)
     return rc, lines, registered
 
 
