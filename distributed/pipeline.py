@@ -411,9 +411,12 @@ def build_pipeline(source: DataSource | str, method: str, method_cfg: Any = None
     cls = get_method(method)
     method_cfg = method_cfg if method_cfg is not None else cls.config_cls()
     cfg = cfg if cfg is not None else PipelineConfig(batch_size=method_cfg.batch_size)
-    if cfg.frontend == "device" and method == "triplet" and method_cfg.p_shift > 0:
-        raise ConfigError("frontend", "device", "triplet's p_shift rolls the log-mel after the "
-                          "front end; use frontend='cpu' or p_shift=0")
+    if cfg.frontend == "device":
+        # These augmentations act on the log-mel after the front end, which "device" defers.
+        for key in ("p_shift", "p_gain", "p_eq"):
+            if getattr(method_cfg, key, 0) > 0:
+                raise ConfigError("frontend", "device", f"{method}'s {key} changes the log-mel "
+                                  f"after the front end; use frontend='cpu' or {key}=0")
     if cfg.frontend == "device" and getattr(getattr(method_cfg, "frontend", None), "kind", None) == "third-octave":
         raise ConfigError("frontend", "device", "the third-octave front end is a scipy filter bank "
                           "(CPU) and its views are centred per slice in the sampler "

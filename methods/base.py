@@ -184,6 +184,46 @@ def logmel(frontend_cfg: Any, waves: np.ndarray) -> np.ndarray:
     return centre_levels(frontend_cfg, feats)
 
 
+def mix_in(target: np.ndarray, clips: Sequence[Clip], i: int, rng: np.random.Generator,
+           gain: float) -> int:
+    """Jansen et al.'s "mixing", in place: ``target`` += ``gain`` x a random crop of another
+    clip of the batch (not clip ``i``); returns that clip's index. Needs >= 2 clips."""
+    j = int(rng.choice([k for k in range(len(clips)) if k != i]))
+    n = len(target)
+    other = clips[j].audio
+    target += gain * crop(other, random_start(rng, len(other), n), n)
+    return j
+
+
+def view_gain_eq(feats: np.ndarray, rng: np.random.Generator, *, p_gain: float, gain_db: float,
+                 p_eq: float, eq_db: float) -> None:
+    """Per-view level and EQ (BYOL-A style, Niizumi et al. 2021), in place on log-mel views
+    ``[B, V, T, F]``: each view independently gets, with probability ``p_gain``, a gain
+    uniform in +-``gain_db`` dB (a constant in the log domain) and, with ``p_eq``, a smooth EQ
+    curve over frequency (three random cosines, up to ``eq_db`` dB). Two views of one clip
+    then no longer share its level and spectral tilt, the clip-constant cues that solve a
+    same-clip pretext task without hearing content (docs/results.md section 1).
+    Features, not waveforms: the pipeline refuses these with ``frontend="device"``."""
+    if p_gain == 0 and p_eq == 0:
+        return
+    if feats.ndim != 4:
+        raise ValueError(f"per-view gain/EQ needs log-mel views [B, V, T, F], got shape "
+                         f"{feats.shape} (waveforms from a deferred front end?)")
+    b, v, _, f = feats.shape
+    db_to_ln = np.log(10.0) / 20.0                   # log-magnitude units per dB
+    grid = np.linspace(0.0, np.pi, f)
+    for i in range(b):
+        for k in range(v):
+            shift = np.zeros(f, dtype=np.float32)
+            if rng.random() < p_gain:
+                shift += rng.uniform(-gain_db, gain_db)
+            if rng.random() < p_eq:
+                amp = rng.uniform(-1.0, 1.0, 3) * eq_db / 3.0
+                phase = rng.uniform(0, 2 * np.pi, 3)
+                shift += sum(a * np.cos((j + 1) * grid + ph) for j, (a, ph) in enumerate(zip(amp, phase)))
+            feats[i, k] += (shift * db_to_ln).astype(np.float32)[None, :]
+
+
 # ---- third-octave levels into the encoders ---------------------------------------------------
 LEVEL_SCALE_DB = 10.0
 

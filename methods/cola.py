@@ -28,8 +28,19 @@ FFT 1024 (``fft_length=1024``): ``crop_frames=98, frontend.n_fft=1024`` (:data:`
 with tympan's centred frames, 98 frames span 15,520 samples). The defaults (96 frames, FFT
 512) are the paper's / ANCHORS §1 front end shared with the other slice methods.
 
+Per-view augmentation (off by default: the paper has none). Two crops of one clip share its
+level, EQ and background, and those alone find a crop's partner in a batch most of the time
+(docs/results.md sections 1 and 3), so the bilinear task can be solved without hearing content. As
+the augmented triplet (methods/triplet.py), ``p_gain``/``p_eq`` give each view its own random
+gain and smooth EQ (``base.view_gain_eq``, BYOL-A style) and ``p_mix`` mixes another clip of
+the batch into the positive (Jansen et al.'s mixing, ``base.mix_in``), before the positive
+noise. A positive that carries clip j's audio is no negative for clip j's anchor: with
+``p_mix > 0`` the batch carries row identities and the loss drops such columns from the
+softmax (``losses.negatives_ruled_out``, the triplet's rule).
+
 Batch contract, float32:
     {"anchor": [B, T, F], "positive": [B, T, F]}    # T = crop_frames (96), F = 64
+    + {"clip_key": i64 [B], "mix_key": i64 [B]}     # only with p_mix > 0 (triplet's keys)
 
 Defaults: Adam lr 1e-3 and batch 64 as the released code (the paper reports ~1024 on TPUs).
 Crops are drawn independently and uniformly, so they may overlap; a clip shorter than a crop
@@ -48,10 +59,12 @@ from torch import Tensor, nn
 from tympan.config import check
 from tympan.datasets.clip import Clip
 from tympan.datasets.frontend import Frontend, FrontendConfig
-from tympan.methods.base import Method, OptimConfig, crop, logmel, random_start, window_embed
+from tympan.methods.base import (Method, OptimConfig, crop, logmel, mix_in, random_start,
+                                 view_gain_eq, window_embed)
 from tympan.methods.dist import Dist
 from tympan.methods.encoders import EfficientNetEncoder
 from tympan.methods.losses import BilinearContrastive, CosineContrastive
+from tympan.methods.triplet import clip_key
 
 
 @dataclass
@@ -68,6 +81,13 @@ class COLAConfig:
     width: float = 1.0                 # EfficientNet channel multiplier (1 = B0)
     depth: float = 1.0                 # EfficientNet depth multiplier (1 = B0)
     embed_hop_frames: int = 48
+    # Per-view augmentation (module doc); off by default as in the paper.
+    p_gain: float = 0.0                # random gain in [-gain_db, gain_db] dB, per view
+    gain_db: float = 10.0
+    p_eq: float = 0.0                  # random smooth EQ curve up to eq_db dB, per view
+    eq_db: float = 6.0
+    p_mix: float = 0.0                 # mix another clip of the batch into the positive
+    mix_gain: float = 0.3
 
     def __post_init__(self):
         for key in ("batch_size", "projection_dim", "embed_hop_frames"):
@@ -79,33 +99,59 @@ class COLAConfig:
         check(self.temperature > 0, "temperature", self.temperature, "must be positive")
         check(self.width > 0, "width", self.width, "must be positive")
         check(self.depth > 0, "depth", self.depth, "must be positive")
+        for key in ("p_gain", "p_eq", "p_mix"):
+            v = getattr(self, key)
+            check(0.0 <= v <= 1.0, key, v, "must be a probability in [0, 1]")
+        check(self.gain_db >= 0 and self.eq_db >= 0, "gain_db", (self.gain_db, self.eq_db),
+              "gain_db and eq_db must be >= 0")
+        check(0.0 <= self.mix_gain <= 1.0, "mix_gain", self.mix_gain, "must be in [0, 1]")
 
 
 # The released code's front end and crop length (module doc); pass as COLAConfig(**RELEASED).
 RELEASED = {"crop_frames": 98, "frontend": FrontendConfig(n_fft=1024)}
 
 
-def crop_waves(cfg: COLAConfig, clips: Sequence[Clip], rng: np.random.Generator) -> np.ndarray:
+def crop_waves(cfg: COLAConfig, clips: Sequence[Clip], rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray, np.random.Generator | None]:
     """``[B, 2, n]`` waveforms: two independent random crops per clip (anchor, positive), the
-    positive with Gaussian noise of sigma ``noise_std`` (x ``||clip||_2`` for ``clip_norm``)."""
+    positive with another clip mixed in (``p_mix``) and Gaussian noise of sigma ``noise_std``
+    (x ``||clip||_2`` for ``clip_norm``); ``[B]`` the index of the clip mixed into each
+    positive (-1 if none); and the augmentations' own random stream (None when they are off).
+    The crops are drawn first, so switching augmentations on does not move them."""
     n = cfg.frontend.n_samples(cfg.crop_frames)
     waves = np.empty((len(clips), 2, n), dtype=np.float32)
     for i, clip in enumerate(clips):
         for k in range(2):
             waves[i, k] = crop(clip.audio, random_start(rng, len(clip.audio), n), n)
+    mixed = np.full(len(clips), -1, dtype=np.int64)
+    aug_rng = None
+    if cfg.p_gain > 0 or cfg.p_eq > 0 or cfg.p_mix > 0:
+        aug_rng = np.random.default_rng(int(rng.integers(2**63)))
+        for i in range(len(clips)):
+            if len(clips) > 1 and aug_rng.random() < cfg.p_mix:
+                mixed[i] = mix_in(waves[i, 1], clips, i, aug_rng, cfg.mix_gain)
     if cfg.noise_std > 0:
         sigma = np.full((len(clips), 1), cfg.noise_std)
         if cfg.noise_scale == "clip_norm":
             sigma *= np.array([[np.linalg.norm(np.asarray(c.audio, dtype=np.float64))] for c in clips])
         waves[:, 1] += (rng.normal(0.0, 1.0, size=waves[:, 1].shape) * sigma).astype(np.float32)
-    return waves
+    return waves, mixed, aug_rng
 
 
 def sample_crops(cfg: COLAConfig, clips: Sequence[Clip], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Two independent random crops per clip; noise on the positive (contract above)."""
-    feats = logmel(cfg.frontend, crop_waves(cfg, clips, rng))      # [B, 2, T, F]
-    return {"anchor": np.ascontiguousarray(feats[:, 0]),
-            "positive": np.ascontiguousarray(feats[:, 1])}
+    """Two independent random crops per clip; augmentations and noise (contract above)."""
+    waves, mixed, aug_rng = crop_waves(cfg, clips, rng)
+    feats = logmel(cfg.frontend, waves)                             # [B, 2, T, F]
+    if aug_rng is not None:
+        view_gain_eq(feats, aug_rng, p_gain=cfg.p_gain, gain_db=cfg.gain_db, p_eq=cfg.p_eq,
+                     eq_db=cfg.eq_db)
+    out = {"anchor": np.ascontiguousarray(feats[:, 0]),
+           "positive": np.ascontiguousarray(feats[:, 1])}
+    if cfg.p_mix > 0:
+        keys = np.asarray([clip_key(c.clip_id) for c in clips], dtype=np.int64)
+        out["clip_key"] = keys
+        out["mix_key"] = np.where(mixed >= 0, keys[np.maximum(mixed, 0)], -1).astype(np.int64)
+    return out
 
 
 class COLA(Method):
@@ -132,7 +178,8 @@ class COLA(Method):
         b = batch["anchor"].shape[0]
         g = self.projection(self.encoder(torch.cat([batch["anchor"], batch["positive"]])))  # [2B, P]
         gather = dist.gather if dist.world_size > 1 else None
-        loss = self.similarity(g[:b], g[b:], gather=gather, rank=dist.rank)
+        keys = (batch["clip_key"], batch["mix_key"]) if "clip_key" in batch else None
+        loss = self.similarity(g[:b], g[b:], gather=gather, rank=dist.rank, keys=keys)
         return loss, {}
 
     @property

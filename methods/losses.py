@@ -26,29 +26,55 @@ def _global(x: Tensor, gather: Gather | None, rank: int) -> tuple[Tensor, Tensor
     return pool, torch.arange(x.shape[0], device=x.device) + offset
 
 
+def negatives_ruled_out(rows: Tensor, n: int, keys: tuple[Tensor, Tensor] | None,
+                        gather: Gather | None) -> Tensor:
+    """Bool [B, N]: pool columns that are no negative of local row i (global row ``rows[i]``):
+    itself, and with ``keys = (clip_key [B], mix_key [B])`` (int64, -1 = nothing mixed in) any
+    row of the same clip or whose positive has row i's clip mixed into it."""
+    cols = torch.arange(n, device=rows.device)
+    out = cols.unsqueeze(0) == rows.unsqueeze(1)
+    if keys is not None:
+        own, mixed = keys
+        clip_pool, mix_pool = (k if gather is None else gather(k) for k in (own, mixed))
+        out = out | (clip_pool.unsqueeze(0) == own.unsqueeze(1))
+        out = out | (mix_pool.unsqueeze(0) == own.unsqueeze(1))
+    return out
+
+
+def _softmax_over_pool(logits: Tensor, target: Tensor, keys, gather) -> Tensor:
+    """Cross-entropy of each row against its target column; with ``keys``, the columns
+    :func:`negatives_ruled_out` names (other than the target) leave the softmax."""
+    if keys is not None:
+        drop = negatives_ruled_out(target, logits.shape[1], keys, gather)
+        drop[torch.arange(len(target), device=target.device), target] = False
+        logits = logits.masked_fill(drop, float("-inf"))
+    return F.cross_entropy(logits, target)
+
+
 def bilinear_contrastive(a: Tensor, b: Tensor, W: Tensor, *, gather: Gather | None = None,
-                         rank: int = 0) -> Tensor:
+                         rank: int = 0, keys: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """COLA loss (Saeed, Grangier, Zeghidour, ICASSP 2021, arXiv 2010.10915, Eq. 1-2).
 
     "s(x, x') = g(f(x))^T W g(f(x'))" between anchors ``a`` [B, D] and positives ``b``
     [B, D]; softmax cross-entropy where the positive of anchor i is b_i and the other
-    clips' positives of the (global) batch are the negatives. ``W`` [D, D]. Returns the
-    mean over local anchors (scalar).
+    clips' positives of the (global) batch are the negatives, less those ``keys`` rule out
+    (:func:`negatives_ruled_out`). ``W`` [D, D]. Returns the mean over local anchors (scalar).
     """
     pool, target = _global(b, gather, rank)
     logits = (a @ W) @ pool.T                                # [B, N]
-    return F.cross_entropy(logits, target)
+    return _softmax_over_pool(logits, target, keys, gather)
 
 
 def cosine_contrastive(a: Tensor, b: Tensor, temperature: float, *,
-                       gather: Gather | None = None, rank: int = 0) -> Tensor:
+                       gather: Gather | None = None, rank: int = 0,
+                       keys: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """COLA's cosine variant (Saeed et al. 2021, Sec. 4.3: "cosine similarity with
     temperature 0.2"): the same cross-entropy over cos(a_i, b_j) / temperature."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
     pool, target = _global(b, gather, rank)
-    return F.cross_entropy(a @ pool.T / temperature, target)
+    return _softmax_over_pool(a @ pool.T / temperature, target, keys, gather)
 
 
 def triplet_margin(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
@@ -98,13 +124,7 @@ def batch_triplet(anchor: Tensor, positive: Tensor, margin: float, *,
         raise ValueError("batch_triplet needs at least 2 clips in the global batch for negatives")
     if mining not in ("all", "hardest", "semi-hard", "random"):
         raise ValueError(f"mining must be 'all', 'hardest', 'semi-hard' or 'random', got {mining!r}")
-    cols = torch.arange(n, device=anchor.device)
-    valid = cols.unsqueeze(0) != rows.unsqueeze(1)                       # [B, N]
-    if keys is not None:
-        own, mixed = keys
-        clip_pool, mix_pool = (k if gather is None else gather(k) for k in (own, mixed))
-        valid = valid & (clip_pool.unsqueeze(0) != own.unsqueeze(1))
-        valid = valid & (mix_pool.unsqueeze(0) != own.unsqueeze(1))
+    valid = ~negatives_ruled_out(rows, n, keys, gather)                  # [B, N]
     a, p, pool = (F.normalize(x, dim=-1) for x in (anchor, positive, pool))
     d_pos = (a - p).pow(2).sum(-1)                                       # [B]
     d_neg = (a.unsqueeze(1) - pool.unsqueeze(0)).pow(2).sum(-1)          # [B, N]
@@ -164,8 +184,9 @@ class BilinearContrastive(nn.Module):
         super().__init__()
         self.W = nn.Parameter(torch.randn(dim, dim) * init_std)
 
-    def forward(self, a: Tensor, b: Tensor, *, gather: Gather | None = None, rank: int = 0) -> Tensor:
-        return bilinear_contrastive(a, b, self.W, gather=gather, rank=rank)
+    def forward(self, a: Tensor, b: Tensor, *, gather: Gather | None = None, rank: int = 0,
+                keys: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return bilinear_contrastive(a, b, self.W, gather=gather, rank=rank, keys=keys)
 
 
 class CosineContrastive(nn.Module):
@@ -173,5 +194,6 @@ class CosineContrastive(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, a: Tensor, b: Tensor, *, gather: Gather | None = None, rank: int = 0) -> Tensor:
-        return cosine_contrastive(a, b, self.temperature, gather=gather, rank=rank)
+    def forward(self, a: Tensor, b: Tensor, *, gather: Gather | None = None, rank: int = 0,
+                keys: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        return cosine_contrastive(a, b, self.temperature, gather=gather, rank=rank, keys=keys)

@@ -50,7 +50,8 @@ from torch import Tensor
 from tympan.config import check
 from tympan.datasets.clip import Clip
 from tympan.datasets.frontend import Frontend, FrontendConfig
-from tympan.methods.base import Method, OptimConfig, crop, logmel, random_start, window_embed
+from tympan.methods.base import (Method, OptimConfig, crop, logmel, mix_in, random_start,
+                                 view_gain_eq, window_embed)
 from tympan.methods.dist import Dist
 from tympan.methods.encoders import AUDIO2VEC_CHANNELS, ConvEncoder2d
 from tympan.methods.losses import batch_triplet
@@ -127,9 +128,7 @@ def sample_triplets(cfg: TripletConfig, clips: Sequence[Clip], rng: np.random.Ge
             waves[i, k] = region[off:off + slice_len]
         pos = waves[i, 1]
         if b > 1 and aug_rng.random() < cfg.p_mix:  # Jansen "mixing": positive + another clip
-            j = int(aug_rng.choice([k for k in range(b) if k != i]))
-            other, mix_keys[i] = clips[j].audio, keys[j]
-            pos += cfg.mix_gain * crop(other, random_start(aug_rng, len(other), slice_len), slice_len)
+            mix_keys[i] = keys[mix_in(pos, clips, i, aug_rng, cfg.mix_gain)]
         if aug_rng.random() < cfg.p_noise:
             snr_db = aug_rng.uniform(cfg.snr_db_min, 30.0)
             power = float(np.mean(pos ** 2)) + 1e-12
@@ -140,30 +139,10 @@ def sample_triplets(cfg: TripletConfig, clips: Sequence[Clip], rng: np.random.Ge
             dt = int(aug_rng.integers(-cfg.max_shift_frames, cfg.max_shift_frames + 1))
             df = int(aug_rng.integers(-cfg.max_shift_bins, cfg.max_shift_bins + 1))
             feats[i, 1] = np.roll(feats[i, 1], (dt, df), axis=(0, 1))
-    _gain_eq(cfg, feats, aug_rng)
+    view_gain_eq(feats, aug_rng, p_gain=cfg.p_gain, gain_db=cfg.gain_db, p_eq=cfg.p_eq, eq_db=cfg.eq_db)
     return {"anchor": np.ascontiguousarray(feats[:, 0]),
             "positive": np.ascontiguousarray(feats[:, 1]),
             "clip_key": keys, "mix_key": mix_keys}
-
-
-def _gain_eq(cfg: TripletConfig, feats: np.ndarray, rng: np.random.Generator) -> None:
-    """In place on log-mel views ``[B, 2, T, F]``: per view, a gain (a constant in the log
-    domain) and a smooth EQ curve over frequency (three random cosines), in dB."""
-    if cfg.p_gain == 0 and cfg.p_eq == 0:
-        return
-    b, v, _, f = feats.shape
-    db_to_ln = np.log(10.0) / 20.0                   # log-magnitude units per dB
-    grid = np.linspace(0.0, np.pi, f)
-    for i in range(b):
-        for k in range(v):
-            shift = np.zeros(f, dtype=np.float32)
-            if rng.random() < cfg.p_gain:
-                shift += rng.uniform(-cfg.gain_db, cfg.gain_db)
-            if rng.random() < cfg.p_eq:
-                amp = rng.uniform(-1.0, 1.0, 3) * cfg.eq_db / 3.0
-                phase = rng.uniform(0, 2 * np.pi, 3)
-                shift += sum(a * np.cos((j + 1) * grid + ph) for j, (a, ph) in enumerate(zip(amp, phase)))
-            feats[i, k] += (shift * db_to_ln).astype(np.float32)[None, :]
 
 
 class Triplet(Method):

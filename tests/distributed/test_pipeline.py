@@ -133,3 +133,14 @@ def test_frontend_table_covers_every_method():
                                                             with_words=True, frame_size=32),
                                             np.random.default_rng(0))
         assert set(keys) <= set(out), name
+
+
+@pytest.mark.parametrize("method,key", [("triplet", "p_shift"), ("triplet", "p_gain"), ("cola", "p_eq")])
+def test_log_mel_augmentations_refuse_a_device_front_end(tmp_path, method, key):
+    """p_shift, p_gain and p_eq act on the log-mel after the front end, which
+    frontend="device" defers to the trainer: refused before Ray is touched, naming the key."""
+    from tympan.config import ConfigError
+    mcfg = get_method(method).config_cls(**{key: 1.0})
+    with pytest.raises(ConfigError, match=key):
+        build_pipeline(str(tmp_path), method, mcfg, PipelineConfig(batch_size=4, frontend="device"),
+                       epochs=1)

@@ -23,7 +23,7 @@ from tympan.methods.losses import batch_triplet, bilinear_contrastive, cosine_co
 
 _W = torch.eye(6, dtype=torch.float64) * 0.7 + 0.05      # a fixed, non-trivial bilinear W
 
-# Triplet row identities over the global batch of 6: row 3 is clip 0 again, row 5's positive has
+# Row identities over the global batch of 6 (triplet and COLA ``keys``): row 3 is clip 0 again, row 5's positive has
 # row 1's clip mixed in (losses.batch_triplet ``keys``), and fixed random-negative picks.
 _KEYS = (torch.tensor([10, 11, 12, 10, 14, 15]), torch.tensor([-1, -1, 14, -1, -1, 11]))
 _PICK = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.99], dtype=torch.float64)
@@ -39,6 +39,10 @@ def _local(tensors, a, gather, rank):
 LOSS_CASES = {
     "cola_bilinear": lambda a, b, gather, rank: bilinear_contrastive(a, b, _W, gather=gather, rank=rank),
     "cola_cosine": lambda a, b, gather, rank: cosine_contrastive(a, b, 0.2, gather=gather, rank=rank),
+    "cola_bilinear_keys": lambda a, b, gather, rank: bilinear_contrastive(
+        a, b, _W, gather=gather, rank=rank, keys=_local(_KEYS, a, gather, rank)),
+    "cola_cosine_keys": lambda a, b, gather, rank: cosine_contrastive(
+        a, b, 0.2, gather=gather, rank=rank, keys=_local(_KEYS, a, gather, rank)),
     "triplet_all": lambda a, b, gather, rank: batch_triplet(a, b, 0.4, gather=gather, rank=rank),
     "triplet_hardest": lambda a, b, gather, rank: batch_triplet(a, b, 0.4, gather=gather, rank=rank,
                                                                  mining="hardest"),

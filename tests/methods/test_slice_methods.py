@@ -242,14 +242,55 @@ def test_cola_positive_noise_snr_as_released_code():
     snr = {}
     for scale in ("clip_norm", "raw"):
         cfg = COLAConfig(noise_scale=scale, batch_size=1)
-        clean = crop_waves(dataclasses.replace(cfg, noise_std=0.0), [clip] * 64, np.random.default_rng(0))
-        noisy = crop_waves(cfg, [clip] * 64, np.random.default_rng(0))
+        clean, _, _ = crop_waves(dataclasses.replace(cfg, noise_std=0.0), [clip] * 64, np.random.default_rng(0))
+        noisy, _, _ = crop_waves(cfg, [clip] * 64, np.random.default_rng(0))
         assert np.array_equal(clean[:, 0], noisy[:, 0])            # the anchor stays clean
         noise = (noisy[:, 1] - clean[:, 1]).astype(np.float64)
         snr[scale] = 10 * np.log10(clip_power / np.mean(noise ** 2))
     expected = 10 * np.log10(1 / (160_000 * 0.001 ** 2))             # 7.96 dB
     assert abs(snr["clip_norm"] - expected) < 0.2, snr
     assert snr["raw"] > snr["clip_norm"] + 15, snr
+
+
+def test_cola_per_view_gain_eq_is_a_smooth_curve_per_view(data):
+    """p_gain/p_eq give each view its own level and EQ: against the same draw without them,
+    every view is shifted by a curve over frequency, constant in time, bounded by gain_db +
+    eq_db, and the anchor's curve is not the positive's. The crops do not move."""
+    clips = data["train"][:6]
+    plain_cfg = dataclasses.replace(small_cfg("cola", batch_size=6), noise_std=0.0)
+    aug_cfg = dataclasses.replace(plain_cfg, p_gain=1.0, p_eq=1.0)
+    sample = get_method("cola").sample_views
+    plain = sample(plain_cfg, clips, np.random.default_rng(5))
+    aug = sample(aug_cfg, clips, np.random.default_rng(5))
+    assert set(aug) == {"anchor", "positive"}                # no p_mix: no row identities
+    bound = (aug_cfg.gain_db + aug_cfg.eq_db) * np.log(10) / 20
+    curves = {}
+    for view in ("anchor", "positive"):
+        shift = (aug[view] - plain[view]).astype(np.float64)       # [B, T, F]
+        assert np.abs(shift - shift[:, :1]).max() < 1e-4, view    # constant over time
+        curves[view] = shift[:, 0]                                 # [B, F]
+        assert np.abs(curves[view]).max() <= bound + 1e-4
+        assert (np.abs(curves[view]).max(axis=1) > 0.01).all(), view
+    assert (np.abs(curves["anchor"] - curves["positive"]).max(axis=1) > 0.01).all()
+
+
+def test_cola_mixed_in_clip_leaves_its_anchors_softmax(data):
+    """With p_mix the positive of clip i carries clip j's audio: the batch names both clips
+    (clip_key, mix_key, as the triplet's) and the loss takes that positive out of anchor j's
+    softmax. Two clips, each mixed into the other's positive: each anchor's softmax keeps only
+    its own positive, so the loss is exactly 0; unmarked it is not."""
+    sample = get_method("cola").sample_views
+    cfg = dataclasses.replace(small_cfg("cola", batch_size=2), p_mix=1.0)
+    plain = sample(dataclasses.replace(cfg, p_mix=0.0), data["train"][:2], np.random.default_rng(0))
+    two = sample(cfg, data["train"][:2], np.random.default_rng(0))
+    assert np.array_equal(plain["anchor"], two["anchor"])           # only the positive changes
+    assert two["mix_key"].tolist() == two["clip_key"].tolist()[::-1]
+    torch.manual_seed(0)
+    model = get_method("cola")(cfg).eval()
+    with torch.no_grad():
+        mixed, _ = model.loss(model.to_tensors(two))
+        unmarked, _ = model.loss(model.to_tensors({k: two[k] for k in ("anchor", "positive")}))
+    assert float(mixed) == 0.0 and float(unmarked) > 0.0
 
 
 def test_cola_released_front_end_option():
